@@ -1,0 +1,91 @@
+//! Why a datagram was dropped.
+//!
+//! Every datagram a listener receives ends up either forwarded (once per target) or dropped with
+//! exactly one of these reasons, so that `received == forwarded + dropped` holds per target at
+//! every scrape once traffic stops. The list is closed on purpose: metrics label values are
+//! fixed, dashboards and alerts can rely on them, and the per-worker counters are a plain array
+//! indexed by the reason.
+
+/// A reason for dropping a datagram (or one copy of it, for mirrored listeners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DropReason {
+    /// The listener has no downstream to send to (empty or all down).
+    NoDownstream = 0,
+    /// The kernel refused the send (unreachable network, permission, bad address, ...).
+    SendError = 1,
+    /// The egress socket stayed full for longer than the configured send timeout.
+    BufferFull = 2,
+    /// The datagram was larger than the receive buffer and arrived cut short.
+    Truncated = 3,
+    /// The datagram could not be parsed (kernel plane: bad headers).
+    Malformed = 4,
+    /// A reply came from an address that is no downstream of the listener.
+    UnknownSource = 5,
+    /// A reply arrived for a client that has no session (expired or evicted).
+    NoSession = 6,
+    /// The session table was full and no entry could be evicted.
+    SessionTableFull = 7,
+    /// The datagram is too large for the destination's address family.
+    TooLarge = 8,
+}
+
+impl DropReason {
+    /// Number of reasons; counters are arrays of this length.
+    pub const COUNT: usize = 9;
+
+    /// Every reason, in `repr` order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::NoDownstream,
+        DropReason::SendError,
+        DropReason::BufferFull,
+        DropReason::Truncated,
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::NoSession,
+        DropReason::SessionTableFull,
+        DropReason::TooLarge,
+    ];
+
+    /// The `reason` label value used in metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NoDownstream => "no_downstream",
+            DropReason::SendError => "send_error",
+            DropReason::BufferFull => "buffer_full",
+            DropReason::Truncated => "truncated",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::NoSession => "no_session",
+            DropReason::SessionTableFull => "session_table_full",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+
+    /// Index into a counter array.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_unique() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}
