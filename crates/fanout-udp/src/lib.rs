@@ -1,1 +1,2 @@
-//! placeholder
+//! The userspace data plane.
+pub mod sys;
