@@ -3,16 +3,19 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint};
 use fanout_core::FlowKey;
+use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint};
 
 fn endpoints(n: u16) -> Vec<Endpoint> {
-    (0..n).map(|i| Endpoint::new(SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5000)))).collect()
+    (0..n)
+        .map(|i| Endpoint::new(SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5000))))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
-    let keys: Vec<FlowKey> =
-        (0..1024u16).map(|p| FlowKey::new(SocketAddr::from(([192, 0, 2, (p % 200) as u8], 1024 + p)))).collect();
+    let keys: Vec<FlowKey> = (0..1024u16)
+        .map(|p| FlowKey::new(SocketAddr::from(([192, 0, 2, (p % 200) as u8], 1024 + p))))
+        .collect();
     for dist in [Distribution::RoundRobin, Distribution::ConsistentHash] {
         let set = BackendSet::new(dist, endpoints(16), DEFAULT_TABLE_SIZE);
         c.bench_function(&format!("pick/{}/16", dist.as_str()), |b| {
@@ -26,7 +29,13 @@ fn bench(c: &mut Criterion) {
     }
     c.bench_function("build/maglev/100", |b| {
         let e = endpoints(100);
-        b.iter(|| black_box(BackendSet::new(Distribution::ConsistentHash, e.clone(), DEFAULT_TABLE_SIZE)))
+        b.iter(|| {
+            black_box(BackendSet::new(
+                Distribution::ConsistentHash,
+                e.clone(),
+                DEFAULT_TABLE_SIZE,
+            ))
+        })
     });
 }
 

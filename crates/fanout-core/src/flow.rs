@@ -110,7 +110,10 @@ mod tests {
         assert_eq!(murmur3_words(&[], 0xffff_ffff), 0x81f1_6f39);
         assert_eq!(murmur3_bytes(&[0, 0, 0, 0], 0), 0x2362_f9de);
         assert_eq!(murmur3_bytes(&[0x21, 0x43, 0x65, 0x87], 0), 0xf55b_516b);
-        assert_eq!(murmur3_bytes(&[0x21, 0x43, 0x65, 0x87], 0x5082_edee), 0x2362_f9de);
+        assert_eq!(
+            murmur3_bytes(&[0x21, 0x43, 0x65, 0x87], 0x5082_edee),
+            0x2362_f9de
+        );
     }
 
     #[test]
@@ -121,9 +124,17 @@ mod tests {
         let b: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
         let h_a = flow_hash(&a);
         let h_b = flow_hash(&b);
-        assert_eq!(h_a, murmur3_bytes(&[10, 0, 0, 1, 0x13, 0x88, 0, 0], FLOW_HASH_SEED));
+        assert_eq!(
+            h_a,
+            murmur3_bytes(&[10, 0, 0, 1, 0x13, 0x88, 0, 0], FLOW_HASH_SEED)
+        );
         let mut v6 = [0u8; 20];
-        v6[..16].copy_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v6[..16].copy_from_slice(
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
         v6[16] = 0x13;
         v6[17] = 0x88;
         assert_eq!(h_b, murmur3_bytes(&v6, FLOW_HASH_SEED));

@@ -49,7 +49,9 @@ impl Maglev {
         order.sort_by_key(|&i| address_key(&downstreams[i].0));
         order.dedup_by_key(|i| address_key(&downstreams[*i].0));
         if order.is_empty() {
-            return Maglev { table: Box::new([]) };
+            return Maglev {
+                table: Box::new([]),
+            };
         }
         let perms: Vec<(u64, u64)> = order
             .iter()
@@ -81,7 +83,9 @@ impl Maglev {
                 }
             }
         }
-        Maglev { table: table.into_boxed_slice() }
+        Maglev {
+            table: table.into_boxed_slice(),
+        }
     }
 
     /// The downstream index for a flow hash, or `None` for an empty table.
@@ -105,12 +109,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while u64::from(d) * u64::from(d) <= u64::from(n) {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -150,7 +154,12 @@ mod tests {
 
     fn addrs(n: usize) -> Vec<(SocketAddr, u32)> {
         (0..n)
-            .map(|i| (SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 5000)), 1))
+            .map(|i| {
+                (
+                    SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 5000)),
+                    1,
+                )
+            })
             .collect()
     }
 
@@ -159,7 +168,10 @@ mod tests {
         for &e in m.table() {
             counts[e as usize] += 1;
         }
-        counts.iter().map(|&c| c as f64 / m.table().len() as f64).collect()
+        counts
+            .iter()
+            .map(|&c| c as f64 / m.table().len() as f64)
+            .collect()
     }
 
     #[test]
@@ -185,7 +197,10 @@ mod tests {
             let m = Maglev::new(&addrs(n), DEFAULT_TABLE_SIZE);
             let ideal = 1.0 / n as f64;
             for s in shares(&m, n) {
-                assert!((s - ideal).abs() / ideal < 0.03, "n={n}: share {s} vs ideal {ideal}");
+                assert!(
+                    (s - ideal).abs() / ideal < 0.03,
+                    "n={n}: share {s} vs ideal {ideal}"
+                );
             }
         }
     }
@@ -200,7 +215,10 @@ mod tests {
         let m = Maglev::new(&d, DEFAULT_TABLE_SIZE);
         for (i, s) in shares(&m, 4).iter().enumerate() {
             let ideal = d[i].1 as f64 / 10.0;
-            assert!((s - ideal).abs() / ideal < 0.03, "downstream {i}: share {s} vs {ideal}");
+            assert!(
+                (s - ideal).abs() / ideal < 0.03,
+                "downstream {i}: share {s} vs {ideal}"
+            );
         }
     }
 
@@ -222,7 +240,12 @@ mod tests {
             let d = addrs(n);
             let before = Maglev::new(&d, DEFAULT_TABLE_SIZE);
             let removed = n / 2;
-            let rest: Vec<_> = d.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, x)| *x).collect();
+            let rest: Vec<_> = d
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != removed)
+                .map(|(_, x)| *x)
+                .collect();
             let after = Maglev::new(&rest, DEFAULT_TABLE_SIZE);
             let mut moved = 0usize;
             for (x, y) in before.table().iter().zip(after.table()) {
@@ -253,7 +276,7 @@ mod tests {
             .filter(|(x, y)| d[**x as usize].0 != d[**y as usize].0)
             .count();
         let frac = moved as f64 / DEFAULT_TABLE_SIZE as f64;
-        assert!(frac <= 0.1 * 1.6 && frac >= 0.1 * 0.97, "moved {frac}");
+        assert!((0.1 * 0.97..=0.1 * 1.6).contains(&frac), "moved {frac}");
     }
 
     #[test]

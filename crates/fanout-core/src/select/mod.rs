@@ -62,7 +62,11 @@ pub struct Endpoint {
 impl Endpoint {
     /// An active endpoint with weight 1.
     pub const fn new(addr: SocketAddr) -> Self {
-        Endpoint { addr, weight: 1, state: EndpointState::Active }
+        Endpoint {
+            addr,
+            weight: 1,
+            state: EndpointState::Active,
+        }
     }
 
     /// The same endpoint with another weight.
@@ -103,7 +107,13 @@ impl BackendSet {
             .filter(|(_, e)| e.state == EndpointState::Active && e.weight > 0)
             .map(|(i, _)| i as u32)
             .collect();
-        let weight_of = |e: &Endpoint| if e.state == EndpointState::Active { e.weight } else { 0 };
+        let weight_of = |e: &Endpoint| {
+            if e.state == EndpointState::Active {
+                e.weight
+            } else {
+                0
+            }
+        };
         let schedule = match distribution {
             Distribution::RoundRobin => {
                 Schedule::new(&endpoints.iter().map(weight_of).collect::<Vec<_>>())
@@ -112,12 +122,21 @@ impl BackendSet {
         };
         let maglev = match distribution {
             Distribution::ConsistentHash => Some(Maglev::new(
-                &endpoints.iter().map(|e| (e.addr, weight_of(e))).collect::<Vec<_>>(),
+                &endpoints
+                    .iter()
+                    .map(|e| (e.addr, weight_of(e)))
+                    .collect::<Vec<_>>(),
                 table_size,
             )),
             _ => None,
         };
-        BackendSet { distribution, endpoints, active, schedule, maglev }
+        BackendSet {
+            distribution,
+            endpoints,
+            active,
+            schedule,
+            maglev,
+        }
     }
 
     /// An empty set (every datagram is dropped with `no_downstream`).
@@ -152,7 +171,10 @@ impl BackendSet {
 
     /// Index of the endpoint with this address, if it is in the set.
     pub fn position(&self, addr: &SocketAddr) -> Option<u32> {
-        self.endpoints.iter().position(|e| e.addr == *addr).map(|i| i as u32)
+        self.endpoints
+            .iter()
+            .position(|e| e.addr == *addr)
+            .map(|i| i as u32)
     }
 
     /// Chooses the target(s) of one datagram. `cursor` is the caller's round-robin position;
@@ -167,10 +189,12 @@ impl BackendSet {
                 }
                 None => Pick::None,
             },
-            Distribution::ConsistentHash => match self.maglev.as_ref().and_then(|m| m.lookup(key.hash())) {
-                Some(i) => Pick::One(i),
-                None => Pick::None,
-            },
+            Distribution::ConsistentHash => {
+                match self.maglev.as_ref().and_then(|m| m.lookup(key.hash())) {
+                    Some(i) => Pick::One(i),
+                    None => Pick::None,
+                }
+            }
             Distribution::Mirror => {
                 if self.active.is_empty() {
                     Pick::None
@@ -187,7 +211,9 @@ mod tests {
     use super::*;
 
     fn eps(n: u8) -> Vec<Endpoint> {
-        (1..=n).map(|i| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 6000 + u16::from(i))))).collect()
+        (1..=n)
+            .map(|i| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 6000 + u16::from(i)))))
+            .collect()
     }
 
     #[test]
@@ -198,7 +224,14 @@ mod tests {
         let picks: Vec<Pick> = (0..6).map(|_| set.pick(&key, &mut cur)).collect();
         assert_eq!(
             picks,
-            [Pick::One(0), Pick::One(1), Pick::One(2), Pick::One(0), Pick::One(1), Pick::One(2)]
+            [
+                Pick::One(0),
+                Pick::One(1),
+                Pick::One(2),
+                Pick::One(0),
+                Pick::One(1),
+                Pick::One(2)
+            ]
         );
         assert_eq!(cur, 6);
     }
@@ -238,7 +271,11 @@ mod tests {
     fn empty_sets_pick_none() {
         let key = FlowKey::new("10.0.0.1:1".parse().unwrap());
         let mut cur = 0;
-        for d in [Distribution::RoundRobin, Distribution::ConsistentHash, Distribution::Mirror] {
+        for d in [
+            Distribution::RoundRobin,
+            Distribution::ConsistentHash,
+            Distribution::Mirror,
+        ] {
             assert_eq!(BackendSet::empty(d).pick(&key, &mut cur), Pick::None);
         }
     }

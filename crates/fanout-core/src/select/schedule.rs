@@ -26,7 +26,9 @@ impl Schedule {
     pub fn new(weights: &[u32]) -> Self {
         let g = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd);
         if g == 0 {
-            return Schedule { slots: Box::new([]) };
+            return Schedule {
+                slots: Box::new([]),
+            };
         }
         let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x / g)).collect();
         let total: u64 = w.iter().sum();
@@ -52,7 +54,9 @@ impl Schedule {
             current[best] -= total as i64;
             slots.push(best as u32);
         }
-        Schedule { slots: slots.into_boxed_slice() }
+        Schedule {
+            slots: slots.into_boxed_slice(),
+        }
     }
 
     /// Length of one cycle.

@@ -69,8 +69,14 @@ impl RecvBatch {
         RecvBatch {
             slot_size,
             bufs: vec![0u8; capacity * slot_size].into_boxed_slice(),
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; capacity]
-                .into_boxed_slice(),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                capacity
+            ]
+            .into_boxed_slice(),
             names: vec![sockaddr::zeroed(); capacity].into_boxed_slice(),
             ctrl: vec![CmsgBuf::ZERO; capacity].into_boxed_slice(),
             // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
@@ -187,7 +193,10 @@ unsafe impl Send for SendQueue {}
 
 impl std::fmt::Debug for SendQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendQueue").field("capacity", &self.hdrs.len()).field("len", &self.len).finish()
+        f.debug_struct("SendQueue")
+            .field("capacity", &self.hdrs.len())
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -196,8 +205,14 @@ impl SendQueue {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         SendQueue {
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; capacity]
-                .into_boxed_slice(),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                capacity
+            ]
+            .into_boxed_slice(),
             names: vec![sockaddr::zeroed(); capacity].into_boxed_slice(),
             ctrl: vec![CmsgBuf::ZERO; capacity].into_boxed_slice(),
             // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
@@ -210,7 +225,10 @@ impl SendQueue {
     /// Starts a batch whose payloads borrow data living for `'d`.
     pub fn tx<'d>(&mut self) -> Tx<'_, 'd> {
         self.len = 0;
-        Tx { q: self, _data: PhantomData }
+        Tx {
+            q: self,
+            _data: PhantomData,
+        }
     }
 }
 
@@ -254,7 +272,10 @@ impl<'d> Tx<'_, 'd> {
         let namelen = sockaddr::write(dst, &mut q.names[i]);
         // The kernel only reads from iov_base for sends; the cast to *mut is what the C type
         // demands.
-        q.iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        q.iovs[i] = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
         let h = &mut q.hdrs[i].msg_hdr;
         h.msg_name = (&mut q.names[i] as *mut libc::sockaddr_storage).cast();
         h.msg_namelen = namelen;
@@ -317,7 +338,11 @@ impl<'d> Tx<'_, 'd> {
                     start = n;
                 }
                 errno => {
-                    on_result(q.tags[start], q.iovs[start].iov_len, SendResult::Error(errno));
+                    on_result(
+                        q.tags[start],
+                        q.iovs[start].iov_len,
+                        SendResult::Error(errno),
+                    );
                     start += 1;
                 }
             }
@@ -328,7 +353,11 @@ impl<'d> Tx<'_, 'd> {
 
 /// Waits until `fd` is writable, at most `wait`. True if it became writable.
 fn wait_writable(fd: BorrowedFd<'_>, wait: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
     let ms = wait.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -364,7 +393,9 @@ mod tests {
             for (i, p) in payloads.iter().enumerate() {
                 assert!(tx.push(&dst, p, &SendOpts::default(), i as u64));
             }
-            tx.flush(tx_sock.as_fd(), Duration::from_millis(100), |t, n, r| results.push((t, n, r)));
+            tx.flush(tx_sock.as_fd(), Duration::from_millis(100), |t, n, r| {
+                results.push((t, n, r))
+            });
             assert!(tx.is_empty());
         }
         assert_eq!(results.len(), payloads.len());
@@ -427,7 +458,9 @@ mod tests {
             tx.push(&good, &data, &SendOpts::default(), 1);
             tx.push(&bad, &data, &SendOpts::default(), 2);
             tx.push(&good, &data, &SendOpts::default(), 3);
-            tx.flush(a.as_fd(), Duration::from_millis(10), |t, _, r| results.push((t, r)));
+            tx.flush(a.as_fd(), Duration::from_millis(10), |t, _, r| {
+                results.push((t, r))
+            });
         }
         assert_eq!(results[0], (1, SendResult::Sent));
         assert!(matches!(results[1], (2, SendResult::Error(_))));

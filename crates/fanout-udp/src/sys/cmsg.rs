@@ -106,14 +106,18 @@ pub(crate) fn build(opts: &SendOpts, buf: &mut CmsgBuf, hdr: &mut libc::msghdr) 
                 IpAddr::V4(v4) => {
                     let pi = libc::in_pktinfo {
                         ipi_ifindex: 0,
-                        ipi_spec_dst: libc::in_addr { s_addr: u32::from_ne_bytes(v4.octets()) },
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(v4.octets()),
+                        },
                         ipi_addr: libc::in_addr { s_addr: 0 },
                     };
                     used += put(cmsg, libc::IPPROTO_IP, libc::IP_PKTINFO, &pi);
                 }
                 IpAddr::V6(v6) => {
                     let pi = libc::in6_pktinfo {
-                        ipi6_addr: libc::in6_addr { s6_addr: v6.octets() },
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: v6.octets(),
+                        },
                         ipi6_ifindex: 0,
                     };
                     used += put(cmsg, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &pi);
@@ -169,7 +173,10 @@ mod tests {
         let mut buf = CmsgBuf::ZERO;
         // SAFETY: plain old data.
         let mut scratch: libc::msghdr = unsafe { mem::zeroed() };
-        let opts = SendOpts { src_ip: Some("::1".parse().unwrap()), gso_segment: Some(1200) };
+        let opts = SendOpts {
+            src_ip: Some("::1".parse().unwrap()),
+            gso_segment: Some(1200),
+        };
         let len = build(&opts, &mut buf, &mut scratch);
         assert!(len > 0 && len <= CMSG_BUF_LEN);
         // The send-side IPV6_PKTINFO has the same layout as the receive side, so parse reads the

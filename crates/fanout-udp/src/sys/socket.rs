@@ -68,13 +68,23 @@ pub fn egress(family_of: SocketAddr, opts: &SocketOptions) -> io::Result<(UdpSoc
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    bind(local, &SocketOptions { reuse_port: false, pktinfo: false, ..*opts })
+    bind(
+        local,
+        &SocketOptions {
+            reuse_port: false,
+            pktinfo: false,
+            ..*opts
+        },
+    )
 }
 
 fn set_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
-    let (level, name) =
-        if v6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) } else { (libc::IPPROTO_IP, libc::IP_PKTINFO) };
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
     setsockopt_int(s, level, name, one)
 }
 
@@ -93,7 +103,10 @@ fn set_buffers(s: &Socket, recv: usize, send: usize) -> io::Result<BufferSizes> 
             s.set_send_buffer_size(send)?;
         }
     }
-    Ok(BufferSizes { recv: s.recv_buffer_size()?, send: s.send_buffer_size()? })
+    Ok(BufferSizes {
+        recv: s.recv_buffer_size()?,
+        send: s.send_buffer_size()?,
+    })
 }
 
 fn setsockopt_int(s: &Socket, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
@@ -107,7 +120,11 @@ fn setsockopt_int(s: &Socket, level: i32, name: i32, value: libc::c_int) -> io::
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Datagrams the kernel dropped on this socket because its receive buffer was full
@@ -129,15 +146,23 @@ pub fn kernel_drops(sock: &impl AsFd) -> Option<u64> {
             &mut len,
         )
     };
-    if rc == 0 && len as usize > SK_MEMINFO_DROPS * 4 { Some(u64::from(info[SK_MEMINFO_DROPS])) } else { None }
+    if rc == 0 && len as usize > SK_MEMINFO_DROPS * 4 {
+        Some(u64::from(info[SK_MEMINFO_DROPS]))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const OPTS: SocketOptions =
-        SocketOptions { recv_buffer: 1 << 20, send_buffer: 1 << 20, reuse_port: true, pktinfo: true };
+    const OPTS: SocketOptions = SocketOptions {
+        recv_buffer: 1 << 20,
+        send_buffer: 1 << 20,
+        reuse_port: true,
+        pktinfo: true,
+    };
 
     #[test]
     fn reuse_port_group_shares_an_address_but_probe_sees_it_taken() {
