@@ -1,1 +1,32 @@
-//! placeholder
+//! udp-fanout's configuration: the YAML model, parsing, and validation.
+//!
+//! Loading is two steps. [`raw`] mirrors the YAML with serde (unknown keys rejected, and serde_yaml_ng
+//! puts the key path of a type error in its message); [`validate`] then checks meaning (addresses,
+//! uniqueness, ranges, what this build supports) and produces the typed [`Config`] the rest of
+//! the program uses. Both steps report errors as `key.path[i]: reason`, and everything is
+//! checked before any socket is bound, so a bad file never half-starts the daemon.
+
+mod bytes;
+mod error;
+mod model;
+mod raw;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::{
+    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MetricsConfig, Mode, MAX_WEIGHT,
+};
+
+/// Parses and validates a configuration from YAML text.
+pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+    let raw = raw::parse(text)?;
+    validate::validate(raw)
+}
+
+/// Reads, parses and validates the configuration file at `path`.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+    })?;
+    from_yaml(&text)
+}

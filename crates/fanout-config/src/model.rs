@@ -1,0 +1,123 @@
+//! The validated configuration: typed, checked, ready to use.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fanout_core::select::{DEFAULT_TABLE_SIZE, Distribution, Endpoint};
+
+/// Largest downstream weight. Keeps the precomputed round-robin cycle small.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The listeners, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Tuning of the userspace data plane.
+    pub dataplane: DataplaneConfig,
+}
+
+/// Which data plane serves a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Userspace workers (portable, no privileges).
+    #[default]
+    Userspace,
+    /// eBPF XDP program on `interface`.
+    Xdp,
+    /// eBPF TC ingress program on `interface`.
+    TcEbpf,
+}
+
+impl Mode {
+    /// The configuration spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Userspace => "userspace",
+            Mode::Xdp => "xdp",
+            Mode::TcEbpf => "tc_ebpf",
+        }
+    }
+}
+
+/// One downstream as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamConfig {
+    /// Where to send.
+    pub addr: SocketAddr,
+    /// Relative share, 1..=MAX_WEIGHT.
+    pub weight: u32,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and as the `listener` metric label.
+    pub name: String,
+    /// Address to receive on. Port 0 picks a free port (logged at start).
+    pub bind: SocketAddr,
+    /// Which data plane.
+    pub mode: Mode,
+    /// Network interface for the kernel plane.
+    pub interface: Option<String>,
+    /// How datagrams are spread over downstreams.
+    pub distribution: Distribution,
+    /// The static downstreams, in file order.
+    pub downstreams: Vec<DownstreamConfig>,
+}
+
+impl ListenerConfig {
+    /// The downstreams as selection endpoints.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.downstreams.iter().map(|d| Endpoint::new(d.addr).with_weight(d.weight)).collect()
+    }
+
+    /// Maglev table size for consistent hashing.
+    pub fn table_size(&self) -> u32 {
+        DEFAULT_TABLE_SIZE
+    }
+}
+
+/// The metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Where to serve it.
+    pub bind: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: false, bind: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+    }
+}
+
+/// Tuning of the userspace data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Datagrams per recvmmsg/sendmmsg call.
+    pub batch_size: usize,
+    /// SO_RCVBUF asked for every listener socket, bytes.
+    pub recv_buffer: usize,
+    /// SO_SNDBUF asked for every sending socket, bytes.
+    pub send_buffer: usize,
+    /// How long a worker waits for room in a full send buffer before dropping (`buffer_full`).
+    pub send_timeout: Duration,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            workers: 0,
+            batch_size: 64,
+            recv_buffer: 8 << 20,
+            send_buffer: 8 << 20,
+            send_timeout: Duration::from_millis(10),
+        }
+    }
+}

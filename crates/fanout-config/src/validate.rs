@@ -1,0 +1,241 @@
+//! From the raw model to a checked [`Config`]: every rule, every error with its key path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fanout_core::select::Distribution;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::{
+    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_WEIGHT, MetricsConfig, Mode,
+};
+use crate::raw::{RawConfig, RawDataplane, RawDistribution, RawListener, RawMetrics, RawMode, RawWorkers, Scalar};
+
+/// Collects errors while walking the raw model.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError::new(path, reason));
+    }
+}
+
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors::default();
+    let listeners = match raw.listeners {
+        None => {
+            errs.add("listeners", "required: list at least one listener");
+            Vec::new()
+        }
+        Some(ls) if ls.is_empty() => {
+            errs.add("listeners", "list at least one listener");
+            Vec::new()
+        }
+        Some(ls) => listeners(ls, &mut errs),
+    };
+    let metrics = metrics(raw.metrics, &mut errs);
+    let dataplane = dataplane(raw.dataplane, &mut errs);
+    if let Some(m) = metrics.as_ref().filter(|m| m.enabled) {
+        for (i, l) in listeners.iter().enumerate() {
+            if l.bind == m.bind && m.bind.port() != 0 {
+                errs.add(format!("listeners[{i}].bind"), format!("{} is also metrics.bind", l.bind));
+            }
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(Config {
+            listeners,
+            metrics: metrics.unwrap_or_default(),
+            dataplane: dataplane.unwrap_or_default(),
+        })
+    } else {
+        Err(ConfigErrors(errs.0))
+    }
+}
+
+fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut binds: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, l) in raw.into_iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        let name = match l.name {
+            None => {
+                errs.add(format!("{p}.name"), "required");
+                None
+            }
+            Some(n) if !valid_name(&n) => {
+                errs.add(
+                    format!("{p}.name"),
+                    format!("invalid name \"{n}\": use 1-64 letters, digits, '_', '-' or '.'"),
+                );
+                None
+            }
+            Some(n) => {
+                if let Some(first) = names.insert(n.clone(), i) {
+                    errs.add(format!("{p}.name"), format!("duplicate name \"{n}\" (also listeners[{first}])"));
+                }
+                Some(n)
+            }
+        };
+        let bind = match &l.bind {
+            None => {
+                errs.add(format!("{p}.bind"), "required");
+                None
+            }
+            Some(s) => socket_addr(s, &format!("{p}.bind"), errs),
+        };
+        if let Some(b) = bind.filter(|b| b.port() != 0)
+            && let Some(first) = binds.insert(b, i)
+        {
+            errs.add(format!("{p}.bind"), format!("duplicate bind {b} (also listeners[{first}])"));
+        }
+        let mode = match l.mode.unwrap_or(RawMode::Userspace) {
+            RawMode::Userspace => Mode::Userspace,
+            RawMode::Xdp => Mode::Xdp,
+            RawMode::TcEbpf => Mode::TcEbpf,
+        };
+        if mode != Mode::Userspace {
+            errs.add(
+                format!("{p}.mode"),
+                format!(
+                    "mode {} is not available yet in this build (the kernel plane has not landed); use mode: userspace",
+                    mode.as_str()
+                ),
+            );
+        }
+        let distribution = match l.distribution.unwrap_or(RawDistribution::RoundRobin) {
+            RawDistribution::RoundRobin => Distribution::RoundRobin,
+            RawDistribution::ConsistentHash => Distribution::ConsistentHash,
+            RawDistribution::Mirror => Distribution::Mirror,
+        };
+        let downstreams = downstreams(l.downstreams, &p, bind, errs);
+        if let (Some(name), Some(bind)) = (name, bind) {
+            out.push(ListenerConfig { name, bind, mode, interface: l.interface, distribution, downstreams });
+        }
+    }
+    out
+}
+
+fn downstreams(
+    raw: Option<Vec<crate::raw::RawDownstream>>,
+    p: &str,
+    bind: Option<SocketAddr>,
+    errs: &mut Errors,
+) -> Vec<DownstreamConfig> {
+    let Some(raw) = raw else {
+        errs.add(format!("{p}.downstreams"), "required: list at least one downstream");
+        return Vec::new();
+    };
+    if raw.is_empty() {
+        errs.add(format!("{p}.downstreams"), "list at least one downstream");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for (j, d) in raw.into_iter().enumerate() {
+        let dp = format!("{p}.downstreams[{j}]");
+        let addr = match &d.address {
+            None => {
+                errs.add(format!("{dp}.address"), "required");
+                None
+            }
+            Some(s) => socket_addr(s, &dp, errs),
+        };
+        let weight = match d.weight {
+            None => Some(1),
+            Some(w) if w < 1 => {
+                errs.add(format!("{dp}.weight"), format!("weight {w} is invalid: must be at least 1"));
+                None
+            }
+            Some(w) if w > i64::from(MAX_WEIGHT) => {
+                errs.add(format!("{dp}.weight"), format!("weight {w} is invalid: must be at most {MAX_WEIGHT}"));
+                None
+            }
+            Some(w) => u32::try_from(w).ok(),
+        };
+        let Some(addr) = addr else { continue };
+        if addr.port() == 0 {
+            errs.add(dp.clone(), format!("downstream {addr} has port 0"));
+            continue;
+        }
+        if addr.ip().is_unspecified() {
+            errs.add(dp.clone(), format!("downstream {addr} is an unspecified address; name a host"));
+            continue;
+        }
+        if Some(addr) == bind {
+            errs.add(dp.clone(), format!("downstream {addr} is the listener itself (forwarding loop)"));
+            continue;
+        }
+        if let Some(first) = seen.insert(addr, j) {
+            errs.add(dp.clone(), format!("duplicate downstream {addr} (also downstreams[{first}])"));
+            continue;
+        }
+        if let Some(weight) = weight {
+            out.push(DownstreamConfig { addr, weight });
+        }
+    }
+    out
+}
+
+fn metrics(raw: Option<RawMetrics>, errs: &mut Errors) -> Option<MetricsConfig> {
+    let raw = raw?;
+    let mut m = MetricsConfig { enabled: raw.enabled.unwrap_or(true), ..MetricsConfig::default() };
+    if let Some(b) = &raw.bind {
+        m.bind = socket_addr(b, "metrics.bind", errs)?;
+    }
+    Some(m)
+}
+
+fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneConfig> {
+    let raw = raw?;
+    let mut d = DataplaneConfig::default();
+    match raw.workers {
+        None | Some(RawWorkers::Auto) => {}
+        Some(RawWorkers::Count(n)) if (1..=1024).contains(&n) => d.workers = n as usize,
+        Some(RawWorkers::Count(n)) => errs.add("dataplane.workers", format!("{n} is invalid: use 1..=1024 or \"auto\"")),
+    }
+    if let Some(b) = raw.batch_size {
+        if (1..=1024).contains(&b) {
+            d.batch_size = b as usize;
+        } else {
+            errs.add("dataplane.batch_size", format!("{b} is invalid: use 1..=1024"));
+        }
+    }
+    if let Some(s) = raw.recv_buffer {
+        d.recv_buffer = s.0;
+    }
+    if let Some(s) = raw.send_buffer {
+        d.send_buffer = s.0;
+    }
+    if let Some(t) = raw.send_timeout_ms {
+        if (0..=10_000).contains(&t) {
+            d.send_timeout = Duration::from_millis(t as u64);
+        } else {
+            errs.add("dataplane.send_timeout_ms", format!("{t} is invalid: use 0..=10000"));
+        }
+    }
+    Some(d)
+}
+
+fn socket_addr(s: &Scalar, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match s.0.trim().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            let hint = if s.0.contains("::") && !s.0.contains('[') {
+                " (write IPv6 as [addr]:port)"
+            } else if !s.0.contains(':') {
+                " (expected ip:port, e.g. 127.0.0.1:5514)"
+            } else {
+                ""
+            };
+            errs.add(path, format!("invalid socket address \"{}\"{hint}", s.0));
+            None
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
