@@ -24,16 +24,22 @@ impl Visitor<'_> for ByteSizeVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-        usize::try_from(v).map(ByteSize).map_err(|_| E::custom("size too large"))
+        usize::try_from(v)
+            .map(ByteSize)
+            .map_err(|_| E::custom("size too large"))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-        u64::try_from(v).map_err(|_| E::custom("size cannot be negative")).and_then(|v| self.visit_u64(v))
+        u64::try_from(v)
+            .map_err(|_| E::custom("size cannot be negative"))
+            .and_then(|v| self.visit_u64(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
         parse(v).map(ByteSize).ok_or_else(|| {
-            E::custom(format!("invalid size \"{v}\" (use bytes, or a number with KiB, MiB or GiB)"))
+            E::custom(format!(
+                "invalid size \"{v}\" (use bytes, or a number with KiB, MiB or GiB)"
+            ))
         })
     }
 }

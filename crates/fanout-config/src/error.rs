@@ -14,7 +14,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at `path`.
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), reason: reason.into() }
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 

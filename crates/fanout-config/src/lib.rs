@@ -14,7 +14,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MetricsConfig, Mode, MAX_WEIGHT,
+    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_WEIGHT, MetricsConfig, Mode,
 };
 
 /// Parses and validates a configuration from YAML text.
@@ -26,7 +26,10 @@ pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
 /// Reads, parses and validates the configuration file at `path`.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors::one(ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+        ConfigErrors::one(ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        ))
     })?;
     from_yaml(&text)
 }

@@ -71,7 +71,10 @@ pub struct ListenerConfig {
 impl ListenerConfig {
     /// The downstreams as selection endpoints.
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.downstreams.iter().map(|d| Endpoint::new(d.addr).with_weight(d.weight)).collect()
+        self.downstreams
+            .iter()
+            .map(|d| Endpoint::new(d.addr).with_weight(d.weight))
+            .collect()
     }
 
     /// Maglev table size for consistent hashing.
@@ -91,7 +94,10 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: false, bind: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        MetricsConfig {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
     }
 }
 

@@ -71,11 +71,17 @@ impl<'de> Deserialize<'de> for RawDownstream {
                 f.write_str("an address \"ip:port\" or a map { address, weight }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDownstream, E> {
-                Ok(RawDownstream { address: Some(Scalar(v.to_owned())), weight: None })
+                Ok(RawDownstream {
+                    address: Some(Scalar(v.to_owned())),
+                    weight: None,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDownstream, A::Error> {
                 let m = RawDownstreamMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawDownstream { address: m.address, weight: m.weight })
+                Ok(RawDownstream {
+                    address: m.address,
+                    weight: m.weight,
+                })
             }
         }
         d.deserialize_any(V)
@@ -163,8 +169,15 @@ impl<'de> Deserialize<'de> for Scalar {
 
 /// Parses YAML into the raw model. Errors carry the key path where parsing stopped.
 pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Err(ConfigErrors::one(ConfigError::new("", "the configuration is empty (expected a `listeners:` list)")));
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(ConfigErrors::one(ConfigError::new(
+            "",
+            "the configuration is empty (expected a `listeners:` list)",
+        )));
     }
     // serde_yaml_ng already prefixes its messages with the key path (`listeners[0].mode:
     // unknown variant ...`) and ends them with the line and column, which is what we want.

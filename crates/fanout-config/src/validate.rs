@@ -10,7 +10,9 @@ use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
     Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_WEIGHT, MetricsConfig, Mode,
 };
-use crate::raw::{RawConfig, RawDataplane, RawDistribution, RawListener, RawMetrics, RawMode, RawWorkers, Scalar};
+use crate::raw::{
+    RawConfig, RawDataplane, RawDistribution, RawListener, RawMetrics, RawMode, RawWorkers, Scalar,
+};
 
 /// Collects errors while walking the raw model.
 #[derive(Default)]
@@ -40,7 +42,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     if let Some(m) = metrics.as_ref().filter(|m| m.enabled) {
         for (i, l) in listeners.iter().enumerate() {
             if l.bind == m.bind && m.bind.port() != 0 {
-                errs.add(format!("listeners[{i}].bind"), format!("{} is also metrics.bind", l.bind));
+                errs.add(
+                    format!("listeners[{i}].bind"),
+                    format!("{} is also metrics.bind", l.bind),
+                );
             }
         }
     }
@@ -75,7 +80,10 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
             }
             Some(n) => {
                 if let Some(first) = names.insert(n.clone(), i) {
-                    errs.add(format!("{p}.name"), format!("duplicate name \"{n}\" (also listeners[{first}])"));
+                    errs.add(
+                        format!("{p}.name"),
+                        format!("duplicate name \"{n}\" (also listeners[{first}])"),
+                    );
                 }
                 Some(n)
             }
@@ -90,7 +98,10 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
         if let Some(b) = bind.filter(|b| b.port() != 0)
             && let Some(first) = binds.insert(b, i)
         {
-            errs.add(format!("{p}.bind"), format!("duplicate bind {b} (also listeners[{first}])"));
+            errs.add(
+                format!("{p}.bind"),
+                format!("duplicate bind {b} (also listeners[{first}])"),
+            );
         }
         let mode = match l.mode.unwrap_or(RawMode::Userspace) {
             RawMode::Userspace => Mode::Userspace,
@@ -113,7 +124,14 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
         };
         let downstreams = downstreams(l.downstreams, &p, bind, errs);
         if let (Some(name), Some(bind)) = (name, bind) {
-            out.push(ListenerConfig { name, bind, mode, interface: l.interface, distribution, downstreams });
+            out.push(ListenerConfig {
+                name,
+                bind,
+                mode,
+                interface: l.interface,
+                distribution,
+                downstreams,
+            });
         }
     }
     out
@@ -126,7 +144,10 @@ fn downstreams(
     errs: &mut Errors,
 ) -> Vec<DownstreamConfig> {
     let Some(raw) = raw else {
-        errs.add(format!("{p}.downstreams"), "required: list at least one downstream");
+        errs.add(
+            format!("{p}.downstreams"),
+            "required: list at least one downstream",
+        );
         return Vec::new();
     };
     if raw.is_empty() {
@@ -146,11 +167,17 @@ fn downstreams(
         let weight = match d.weight {
             None => Some(1),
             Some(w) if w < 1 => {
-                errs.add(format!("{dp}.weight"), format!("weight {w} is invalid: must be at least 1"));
+                errs.add(
+                    format!("{dp}.weight"),
+                    format!("weight {w} is invalid: must be at least 1"),
+                );
                 None
             }
             Some(w) if w > i64::from(MAX_WEIGHT) => {
-                errs.add(format!("{dp}.weight"), format!("weight {w} is invalid: must be at most {MAX_WEIGHT}"));
+                errs.add(
+                    format!("{dp}.weight"),
+                    format!("weight {w} is invalid: must be at most {MAX_WEIGHT}"),
+                );
                 None
             }
             Some(w) => u32::try_from(w).ok(),
@@ -161,15 +188,24 @@ fn downstreams(
             continue;
         }
         if addr.ip().is_unspecified() {
-            errs.add(dp.clone(), format!("downstream {addr} is an unspecified address; name a host"));
+            errs.add(
+                dp.clone(),
+                format!("downstream {addr} is an unspecified address; name a host"),
+            );
             continue;
         }
         if Some(addr) == bind {
-            errs.add(dp.clone(), format!("downstream {addr} is the listener itself (forwarding loop)"));
+            errs.add(
+                dp.clone(),
+                format!("downstream {addr} is the listener itself (forwarding loop)"),
+            );
             continue;
         }
         if let Some(first) = seen.insert(addr, j) {
-            errs.add(dp.clone(), format!("duplicate downstream {addr} (also downstreams[{first}])"));
+            errs.add(
+                dp.clone(),
+                format!("duplicate downstream {addr} (also downstreams[{first}])"),
+            );
             continue;
         }
         if let Some(weight) = weight {
@@ -181,7 +217,10 @@ fn downstreams(
 
 fn metrics(raw: Option<RawMetrics>, errs: &mut Errors) -> Option<MetricsConfig> {
     let raw = raw?;
-    let mut m = MetricsConfig { enabled: raw.enabled.unwrap_or(true), ..MetricsConfig::default() };
+    let mut m = MetricsConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        ..MetricsConfig::default()
+    };
     if let Some(b) = &raw.bind {
         m.bind = socket_addr(b, "metrics.bind", errs)?;
     }
@@ -194,13 +233,19 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
     match raw.workers {
         None | Some(RawWorkers::Auto) => {}
         Some(RawWorkers::Count(n)) if (1..=1024).contains(&n) => d.workers = n as usize,
-        Some(RawWorkers::Count(n)) => errs.add("dataplane.workers", format!("{n} is invalid: use 1..=1024 or \"auto\"")),
+        Some(RawWorkers::Count(n)) => errs.add(
+            "dataplane.workers",
+            format!("{n} is invalid: use 1..=1024 or \"auto\""),
+        ),
     }
     if let Some(b) = raw.batch_size {
         if (1..=1024).contains(&b) {
             d.batch_size = b as usize;
         } else {
-            errs.add("dataplane.batch_size", format!("{b} is invalid: use 1..=1024"));
+            errs.add(
+                "dataplane.batch_size",
+                format!("{b} is invalid: use 1..=1024"),
+            );
         }
     }
     if let Some(s) = raw.recv_buffer {
@@ -213,7 +258,10 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
         if (0..=10_000).contains(&t) {
             d.send_timeout = Duration::from_millis(t as u64);
         } else {
-            errs.add("dataplane.send_timeout_ms", format!("{t} is invalid: use 0..=10000"));
+            errs.add(
+                "dataplane.send_timeout_ms",
+                format!("{t} is invalid: use 0..=10000"),
+            );
         }
     }
     Some(d)
@@ -237,5 +285,8 @@ fn socket_addr(s: &Scalar, path: &str, errs: &mut Errors) -> Option<SocketAddr> 
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

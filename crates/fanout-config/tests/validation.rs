@@ -14,7 +14,10 @@ fn err(yaml: &str) -> String {
 
 fn assert_err(yaml: &str, expected: &str) {
     let e = err(yaml);
-    assert!(e.contains(expected), "error was:\n{e}\nexpected it to contain:\n{expected}");
+    assert!(
+        e.contains(expected),
+        "error was:\n{e}\nexpected it to contain:\n{expected}"
+    );
 }
 
 #[test]
@@ -63,12 +66,20 @@ dataplane:
 
 #[test]
 fn defaults() {
-    let c = from_yaml("listeners: [{ name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2'] }]").unwrap();
-    assert!(!c.metrics.enabled, "no metrics section means no metrics endpoint");
+    let c =
+        from_yaml("listeners: [{ name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2'] }]")
+            .unwrap();
+    assert!(
+        !c.metrics.enabled,
+        "no metrics section means no metrics endpoint"
+    );
     assert_eq!(c.dataplane.workers, 0);
     assert_eq!(c.dataplane.batch_size, 64);
     assert_eq!(c.listeners[0].distribution, Distribution::RoundRobin);
-    let c = from_yaml("listeners: [{ name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2'] }]\nmetrics: {}").unwrap();
+    let c = from_yaml(
+        "listeners: [{ name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2'] }]\nmetrics: {}",
+    )
+    .unwrap();
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.bind, "127.0.0.1:9090".parse().unwrap());
 }
@@ -83,20 +94,35 @@ fn invalid_downstream_address_names_the_key() {
 
 #[test]
 fn invalid_bind() {
-    assert_err("listeners: [{name: a, bind: 'x', downstreams: ['127.0.0.1:2']}]", r#"listeners[0].bind: invalid socket address "x""#);
-    assert_err("listeners: [{name: a, bind: 5514, downstreams: ['127.0.0.1:2']}]", r#"listeners[0].bind: invalid socket address "5514""#);
-    assert_err("listeners: [{name: a, bind: '::1:53', downstreams: ['127.0.0.1:2']}]", "write IPv6 as [addr]:port");
+    assert_err(
+        "listeners: [{name: a, bind: 'x', downstreams: ['127.0.0.1:2']}]",
+        r#"listeners[0].bind: invalid socket address "x""#,
+    );
+    assert_err(
+        "listeners: [{name: a, bind: 5514, downstreams: ['127.0.0.1:2']}]",
+        r#"listeners[0].bind: invalid socket address "5514""#,
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '::1:53', downstreams: ['127.0.0.1:2']}]",
+        "write IPv6 as [addr]:port",
+    );
 }
 
 #[test]
 fn unknown_keys_are_rejected_with_their_path() {
-    assert_err("listeners: [{name: a, bind: '127.0.0.1:1', downstream: ['127.0.0.1:2']}]", "listeners[0]: unknown field `downstream`");
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1', downstream: ['127.0.0.1:2']}]",
+        "listeners[0]: unknown field `downstream`",
+    );
     assert_err("listener: []", "unknown field `listener`");
     assert_err(
         "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: [{address: '127.0.0.1:2', wieght: 2}]}]",
         "listeners[0].downstreams[0]: unknown field `wieght`",
     );
-    assert_err("listeners: []\nmetrics: {port: 1}", "metrics: unknown field `port`");
+    assert_err(
+        "listeners: []\nmetrics: {port: 1}",
+        "metrics: unknown field `port`",
+    );
 }
 
 #[test]
@@ -156,11 +182,26 @@ fn missing_and_empty() {
     assert_err("", "the configuration is empty");
     assert_err("metrics: {}", "listeners: required");
     assert_err("listeners: []", "listeners: list at least one listener");
-    assert_err("listeners: [{bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]", "listeners[0].name: required");
-    assert_err("listeners: [{name: a, downstreams: ['127.0.0.1:2']}]", "listeners[0].bind: required");
-    assert_err("listeners: [{name: a, bind: '127.0.0.1:1'}]", "listeners[0].downstreams: required");
-    assert_err("listeners: [{name: a, bind: '127.0.0.1:1', downstreams: []}]", "listeners[0].downstreams: list at least one downstream");
-    assert_err("listeners: [{name: 'a b', bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]", "listeners[0].name: invalid name");
+    assert_err(
+        "listeners: [{bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]",
+        "listeners[0].name: required",
+    );
+    assert_err(
+        "listeners: [{name: a, downstreams: ['127.0.0.1:2']}]",
+        "listeners[0].bind: required",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1'}]",
+        "listeners[0].downstreams: required",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: []}]",
+        "listeners[0].downstreams: list at least one downstream",
+    );
+    assert_err(
+        "listeners: [{name: 'a b', bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]",
+        "listeners[0].name: invalid name",
+    );
 }
 
 #[test]
@@ -173,23 +214,43 @@ fn loops_duplicates_and_unusable_downstreams() {
         "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2', '127.0.0.1:2']}]",
         "listeners[0].downstreams[1]: duplicate downstream 127.0.0.1:2",
     );
-    assert_err("listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:0']}]", "has port 0");
-    assert_err("listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['0.0.0.0:9']}]", "unspecified address");
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:0']}]",
+        "has port 0",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['0.0.0.0:9']}]",
+        "unspecified address",
+    );
 }
 
 #[test]
 fn dataplane_ranges() {
     let base = "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]\n";
-    assert_err(&format!("{base}dataplane: {{workers: 0}}"), "dataplane.workers: 0 is invalid");
-    assert_err(&format!("{base}dataplane: {{workers: many}}"), "dataplane.workers: invalid value");
-    assert_err(&format!("{base}dataplane: {{batch_size: 5000}}"), "dataplane.batch_size: 5000 is invalid");
-    assert_err(&format!("{base}dataplane: {{recv_buffer: 8 parsecs}}"), "dataplane.recv_buffer: invalid size");
+    assert_err(
+        &format!("{base}dataplane: {{workers: 0}}"),
+        "dataplane.workers: 0 is invalid",
+    );
+    assert_err(
+        &format!("{base}dataplane: {{workers: many}}"),
+        "dataplane.workers: invalid value",
+    );
+    assert_err(
+        &format!("{base}dataplane: {{batch_size: 5000}}"),
+        "dataplane.batch_size: 5000 is invalid",
+    );
+    assert_err(
+        &format!("{base}dataplane: {{recv_buffer: 8 parsecs}}"),
+        "dataplane.recv_buffer: invalid size",
+    );
     assert!(from_yaml(&format!("{base}dataplane: {{workers: auto}}")).is_ok());
 }
 
 #[test]
 fn all_errors_are_reported_at_once() {
-    let e = err("listeners: [{name: a, bind: 'x', downstreams: ['y', {address: '127.0.0.1:2', weight: 0}]}]");
+    let e = err(
+        "listeners: [{name: a, bind: 'x', downstreams: ['y', {address: '127.0.0.1:2', weight: 0}]}]",
+    );
     assert_eq!(e.lines().count(), 3, "{e}");
 }
 
@@ -199,7 +260,10 @@ fn metrics_bind_must_not_clash_with_a_listener() {
         "listeners: [{name: a, bind: '127.0.0.1:9090', downstreams: ['127.0.0.1:2']}]\nmetrics: {bind: '127.0.0.1:9090'}",
         "listeners[0].bind: 127.0.0.1:9090 is also metrics.bind",
     );
-    assert_err("listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]\nmetrics: {bind: nowhere}", "metrics.bind: invalid socket address");
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2']}]\nmetrics: {bind: nowhere}",
+        "metrics.bind: invalid socket address",
+    );
 }
 
 #[test]

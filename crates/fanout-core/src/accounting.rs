@@ -89,3 +89,51 @@ mod tests {
         assert_eq!(names.len(), DropReason::COUNT);
     }
 }
+
+/// What one endpoint (downstream) of a listener has been sent, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSnapshot {
+    /// The downstream's address.
+    pub addr: std::net::SocketAddr,
+    /// Datagrams sent to it.
+    pub packets: u64,
+    /// Payload bytes sent to it.
+    pub bytes: u64,
+    /// Health as last probed; `None` when no health check is configured.
+    pub healthy: Option<bool>,
+}
+
+/// The counters of one listener at one moment, as both data planes report them. The metrics
+/// exporter turns these into the Prometheus series of the user-facing contract.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListenerSnapshot {
+    /// Listener name (the `listener` label).
+    pub name: String,
+    /// Datagrams received from clients.
+    pub received: u64,
+    /// Payload bytes received from clients.
+    pub bytes_received: u64,
+    /// Datagrams sent to downstreams (a mirrored datagram counts once per copy).
+    pub forwarded: u64,
+    /// Payload bytes sent to downstreams.
+    pub bytes_forwarded: u64,
+    /// Drops, indexed by [`DropReason::index`].
+    pub dropped: [u64; DropReason::COUNT],
+    /// Per-downstream counters of the current downstream set.
+    pub downstreams: Vec<EndpointSnapshot>,
+    /// Downstreams currently taking new flows.
+    pub downstream_active: u64,
+    /// Live sessions, when the listener keeps sessions.
+    pub sessions_active: Option<u64>,
+    /// Replies relayed from downstreams back to clients.
+    pub replies: u64,
+    /// Datagrams the kernel dropped before udp-fanout could read them (socket buffer full).
+    pub socket_drops: u64,
+}
+
+impl ListenerSnapshot {
+    /// Total drops over all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+}

@@ -16,6 +16,6 @@ pub mod accounting;
 pub mod flow;
 pub mod select;
 
-pub use accounting::DropReason;
+pub use accounting::{DropReason, EndpointSnapshot, ListenerSnapshot};
 pub use flow::{FlowKey, flow_hash};
 pub use select::{BackendSet, Distribution, Endpoint, Pick};

@@ -1,0 +1,280 @@
+//! Starting and stopping the userspace plane.
+//!
+//! Everything that can fail for a user-visible reason (ports in use, bad permissions, socket
+//! limits) happens in [`UserspacePlane::start`] before any worker runs, so a failure leaves
+//! nothing behind and is reported as one line naming the listener and address.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use fanout_config::{Config, ListenerConfig, Mode};
+use fanout_core::ListenerSnapshot;
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token, Waker};
+
+use crate::listener::ListenerShared;
+use crate::sys::socket::{self, SocketOptions};
+use crate::worker::{self, WAKE, WorkerSetup};
+
+/// Why the plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    /// A listener's address could not be bound.
+    #[error("listener \"{listener}\": cannot bind {addr}: {reason}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Human-readable cause.
+        reason: String,
+    },
+    /// Any other socket or thread set-up failure.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn setup_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PlaneError {
+    let what = what.into();
+    move |source| PlaneError::Setup { what, source }
+}
+
+/// The running userspace plane.
+#[derive(Debug)]
+pub struct UserspacePlane {
+    listeners: Vec<Arc<ListenerShared>>,
+    threads: Vec<JoinHandle<()>>,
+    wakers: Vec<Waker>,
+    shutdown: Arc<AtomicBool>,
+    workers: usize,
+}
+
+/// The number of workers `cfg` asks for (0 = one per CPU).
+pub fn worker_count(cfg: &Config) -> usize {
+    if cfg.dataplane.workers > 0 {
+        cfg.dataplane.workers
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+impl UserspacePlane {
+    /// Binds every userspace listener of `cfg` and starts the workers.
+    pub fn start(cfg: &Config) -> Result<Self, PlaneError> {
+        let workers = worker_count(cfg);
+        let opts = SocketOptions {
+            recv_buffer: cfg.dataplane.recv_buffer,
+            send_buffer: cfg.dataplane.send_buffer,
+            reuse_port: true,
+            pktinfo: false,
+        };
+        let mut listeners = Vec::new();
+        for l in cfg.listeners.iter().filter(|l| l.mode == Mode::Userspace) {
+            listeners.push(Arc::new(bind_listener(l, workers, &opts)?));
+        }
+        let need_v4 = cfg
+            .listeners
+            .iter()
+            .flat_map(|l| &l.downstreams)
+            .any(|d| d.addr.is_ipv4());
+        let need_v6 = cfg
+            .listeners
+            .iter()
+            .flat_map(|l| &l.downstreams)
+            .any(|d| d.addr.is_ipv6());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut setups = Vec::with_capacity(workers);
+        let mut wakers = Vec::with_capacity(workers);
+        for id in 0..workers {
+            let poll = Poll::new().map_err(setup_err("creating epoll instance"))?;
+            wakers.push(Waker::new(poll.registry(), WAKE).map_err(setup_err("creating waker"))?);
+            let mut mine = Vec::with_capacity(listeners.len());
+            for (li, l) in listeners.iter().enumerate() {
+                let sock = Arc::clone(&l.sockets()[id]);
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&sock.as_raw_fd()),
+                        Token(li),
+                        Interest::READABLE,
+                    )
+                    .map_err(setup_err("registering listener socket"))?;
+                mine.push((Arc::clone(l), sock));
+            }
+            let egress = |probe: &str| -> Result<UdpSocket, PlaneError> {
+                let probe: SocketAddr = probe.parse().map_err(|_| PlaneError::Setup {
+                    what: "egress".into(),
+                    source: io::Error::other("bad probe address"),
+                })?;
+                socket::egress(
+                    probe,
+                    &SocketOptions {
+                        recv_buffer: 4096,
+                        ..opts
+                    },
+                )
+                .map(|(s, _)| s)
+                .map_err(setup_err(format!(
+                    "creating {} egress socket",
+                    if probe.is_ipv4() { "IPv4" } else { "IPv6" }
+                )))
+            };
+            setups.push(WorkerSetup {
+                id,
+                workers,
+                poll,
+                listeners: mine,
+                egress_v4: if need_v4 {
+                    Some(egress("0.0.0.0:0")?)
+                } else {
+                    None
+                },
+                egress_v6: if need_v6 {
+                    Some(egress("[::]:0")?)
+                } else {
+                    None
+                },
+                batch: cfg.dataplane.batch_size,
+                send_timeout: cfg.dataplane.send_timeout,
+                shutdown: Arc::clone(&shutdown),
+            });
+        }
+        let mut threads = Vec::with_capacity(workers);
+        for s in setups {
+            let name = format!("uf-worker-{}", s.id);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || worker::run(s))
+                    .map_err(setup_err("spawning worker thread"))?,
+            );
+        }
+        Ok(UserspacePlane {
+            listeners,
+            threads,
+            wakers,
+            shutdown,
+            workers,
+        })
+    }
+
+    /// The listeners served, in configuration order.
+    pub fn listeners(&self) -> &[Arc<ListenerShared>] {
+        &self.listeners
+    }
+
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerShared>> {
+        self.listeners.iter().find(|l| l.name() == name)
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Counters of every listener.
+    pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
+        self.listeners.iter().map(|l| l.snapshot()).collect()
+    }
+
+    /// Asks the workers to stop after their current batch.
+    pub fn request_stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        for w in &self.wakers {
+            // A failed wake only delays the stop until the next datagram or poll timeout.
+            let _ = w.wake();
+        }
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn stop(mut self) {
+        self.request_stop();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for UserspacePlane {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.request_stop();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Binds one listener's worker sockets, refusing an address another process holds.
+fn bind_listener(
+    l: &ListenerConfig,
+    workers: usize,
+    opts: &SocketOptions,
+) -> Result<ListenerShared, PlaneError> {
+    let bind_err = |addr: SocketAddr, e: io::Error| PlaneError::Bind {
+        listener: l.name.clone(),
+        addr,
+        reason: describe(&e),
+    };
+    socket::probe_free(l.bind).map_err(|e| bind_err(l.bind, e))?;
+    let mut sockets = Vec::with_capacity(workers);
+    let (first, sizes) = socket::bind(l.bind, opts).map_err(|e| bind_err(l.bind, e))?;
+    let local = first
+        .local_addr()
+        .map_err(setup_err("reading bound address"))?;
+    sockets.push(Arc::new(first));
+    for _ in 1..workers {
+        let (s, _) = socket::bind(local, opts).map_err(|e| bind_err(local, e))?;
+        sockets.push(Arc::new(s));
+    }
+    if opts.recv_buffer > 0 && sizes.recv < opts.recv_buffer {
+        tracing::warn!(
+            listener = %l.name,
+            asked = opts.recv_buffer,
+            got = sizes.recv,
+            "receive buffer capped by net.core.rmem_max; raise it (sysctl) or run with CAP_NET_ADMIN"
+        );
+    }
+    tracing::info!(
+        listener = %l.name,
+        addr = %local,
+        distribution = l.distribution.as_str(),
+        downstreams = l.downstreams.len(),
+        workers,
+        "listening"
+    );
+    Ok(ListenerShared::new(
+        l.name.clone(),
+        local,
+        l.distribution,
+        l.endpoints(),
+        l.table_size(),
+        sockets,
+    ))
+}
+
+/// A short lower-case description of a bind error (`address already in use`).
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address already in use".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".into(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".into()
+        }
+        _ => e.to_string(),
+    }
+}

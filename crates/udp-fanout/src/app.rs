@@ -1,0 +1,108 @@
+//! Running the daemon: bind everything, serve, stop on a signal.
+//!
+//! Order matters: every socket (listeners, metrics) is bound before the daemon reports ready,
+//! and any failure there ends the process with one clear line before anything was served.
+
+use std::sync::Arc;
+
+use fanout_config::Config;
+use fanout_control::{Exporter, http};
+use fanout_udp::UserspacePlane;
+use tokio::sync::oneshot;
+
+/// A failure to start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> Result<(), StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("uf-control")
+        .build()
+        .map_err(|e| StartError(format!("cannot start the control runtime: {e}")))?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> Result<(), StartError> {
+    let metrics_listener = if cfg.metrics.enabled {
+        let l = tokio::net::TcpListener::bind(cfg.metrics.bind)
+            .await
+            .map_err(|e| {
+                StartError(format!(
+                    "metrics.bind: cannot bind {}: {}",
+                    cfg.metrics.bind,
+                    lower(&e)
+                ))
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let plane = Arc::new(UserspacePlane::start(&cfg).map_err(|e| StartError(e.to_string()))?);
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let http_task = metrics_listener.map(|l| {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
+        let source_plane = Arc::clone(&plane);
+        let exporter = Arc::new(Exporter::new(Arc::new(move || source_plane.snapshot())));
+        tokio::spawn(http::serve(l, http::router(exporter), async {
+            let _ = http_stopped.await;
+        }))
+    });
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listeners = plane.listeners().len(),
+        workers = plane.workers(),
+        "udp-fanout ready"
+    );
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_http.send(());
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    match Arc::try_unwrap(plane) {
+        Ok(p) => p.stop(),
+        Err(p) => p.request_stop(),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn lower(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".into(),
+        _ => e.to_string(),
+    }
+}
