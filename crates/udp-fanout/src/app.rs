@@ -31,6 +31,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
 }
 
 async fn serve(cfg: Config) -> Result<(), StartError> {
+    // Install the handlers before anything is announced, so a signal sent as soon as we report
+    // ready is handled rather than killing the process.
+    let signals = Signals::install()
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let metrics_listener = if cfg.metrics.enabled {
         let l = tokio::net::TcpListener::bind(cfg.metrics.bind)
             .await
@@ -63,7 +67,7 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         "udp-fanout ready"
     );
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_http.send(());
@@ -84,19 +88,26 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, both meaning "stop".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
