@@ -1,0 +1,359 @@
+//! Command-line interface: `gen` and `sink` subcommands over the library, a short human
+//! summary by default and one JSON object with `--json`.
+//!
+//! JSON goes to stdout as a single object so that scripts can parse it whole; anything meant
+//! for people while a run is in progress (the sink's bound addresses) goes to stderr, where it
+//! cannot corrupt that object. Both subcommands stop cleanly on SIGINT/SIGTERM and still print
+//! their report, since an interrupted benchmark's numbers are often the ones wanted.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use fanout_bench::generator::{self, GenConfig, GenReport};
+use fanout_bench::sink::{Sink, SinkOptions, SinkReport};
+use fanout_bench::stats::LatencySummary;
+
+/// Load generator and counting sink for udp-fanout.
+#[derive(Debug, Parser)]
+#[command(name = "udp-fanout-bench", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send verifiable datagrams to a target.
+    Gen(GenArgs),
+    /// Receive, verify and count datagrams.
+    Sink(SinkArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenArgs {
+    /// Where to send.
+    #[arg(long)]
+    target: SocketAddr,
+    /// Datagrams per second over all flows (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Source sockets (distinct source ports).
+    #[arg(long, default_value_t = 1)]
+    flows: u32,
+    /// Datagram sizes in bytes, cycled per datagram.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    size: Vec<usize>,
+    /// Datagrams to send in total.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Longest run time (500ms, 5s, 2m). At least one of --count and --duration is needed.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Datagrams per sendmmsg.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Address the source sockets bind to (default: loopback for a loopback target).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Stream id to stamp (default: random).
+    #[arg(long)]
+    stream: Option<u32>,
+    /// Expect every datagram echoed back; report round-trip latency.
+    #[arg(long)]
+    replies: bool,
+    /// How long to wait for replies after the last send.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    reply_grace: Duration,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SinkArgs {
+    /// Address to receive on (repeatable; port 0 picks one, printed on stderr).
+    #[arg(long, required = true)]
+    bind: Vec<SocketAddr>,
+    /// Stop after this long (default: until SIGINT/SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop once this many datagrams have arrived.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Send every datagram back to its source.
+    #[arg(long)]
+    echo: bool,
+    /// SO_RCVBUF per socket in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    recv_buffer: usize,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses the command line and runs the chosen subcommand.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    match cli.command {
+        Command::Gen(a) => run_gen(a, &stop),
+        Command::Sink(a) => run_sink(a, &stop),
+    }
+}
+
+fn run_gen(a: GenArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut cfg = GenConfig::new(a.target);
+    cfg.rate_pps = a.rate;
+    cfg.flows = a.flows;
+    cfg.sizes = a.size;
+    cfg.count = a.count;
+    cfg.duration = a.duration;
+    cfg.batch = a.batch;
+    if let Some(ip) = a.bind {
+        cfg.bind_ip = ip;
+    }
+    if let Some(s) = a.stream {
+        cfg.stream_id = s;
+    }
+    cfg.expect_replies = a.replies;
+    cfg.reply_grace = a.reply_grace;
+    let report = generator::run(&cfg, stop).context("generator failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", gen_summary(&report, cfg.expect_replies));
+    }
+    Ok(())
+}
+
+fn run_sink(a: SinkArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let opts = SinkOptions {
+        echo: a.echo,
+        recv_buffer: a.recv_buffer,
+        ..SinkOptions::default()
+    };
+    let sink = Sink::bind(&a.bind, opts).context("binding the sink")?;
+    let addrs: Vec<String> = sink.local_addrs().iter().map(ToString::to_string).collect();
+    eprintln!("sink listening on {}", addrs.join(" "));
+    let handle = sink.start()?;
+    let end = a.duration.map(|d| Instant::now() + d);
+    while !stop.load(Ordering::Relaxed)
+        && end.is_none_or(|e| Instant::now() < e)
+        && a.count.is_none_or(|c| handle.total_datagrams() < c)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = handle.stop();
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", sink_summary(&report));
+    }
+    match report.error {
+        Some(e) => anyhow::bail!(e),
+        None => Ok(()),
+    }
+}
+
+/// Parses `500ms`, `5s`, `1.5s`, `2m`, `1h`, `250us`, `100ns`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number followed by ns, us, ms, s, m or h"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("`{s}`: unknown unit `{u}` (ns, us, ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
+}
+
+fn fmt_latency(l: Option<&LatencySummary>) -> String {
+    match l {
+        Some(l) => format!(
+            "p50 {} p99 {} p99.9 {} max {} (n={})",
+            fmt_ns(l.p50_ns),
+            fmt_ns(l.p99_ns),
+            fmt_ns(l.p999_ns),
+            fmt_ns(l.max_ns),
+            l.count
+        ),
+        None => "no samples".to_owned(),
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn gen_summary(r: &GenReport, replies: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "gen: sent {} datagrams ({} B) to {} from {} flows in {:.3} s: {:.0} pps, {:.1} Mbit/s, \
+         {} send errors (stream {:#010x})",
+        r.sent,
+        r.bytes_sent,
+        r.target,
+        r.per_flow.len(),
+        r.elapsed.as_secs_f64(),
+        r.rate_pps,
+        r.mbit_per_s,
+        r.send_errors,
+        r.stream_id
+    );
+    if replies {
+        let back = r.replies_received + r.reply_short;
+        let _ = writeln!(
+            s,
+            "replies: {back}/{} ({:.3}% missing), {} dup, {} invalid; rtt {}",
+            r.sent,
+            percent(r.sent.saturating_sub(back), r.sent),
+            r.reply_duplicates,
+            r.reply_invalid,
+            fmt_latency(r.reply_latency.as_ref())
+        );
+    }
+    s
+}
+
+fn sink_summary(r: &SinkReport) -> String {
+    let mut s = String::new();
+    let active = r.active().as_secs_f64();
+    let per_sec = |v: u64| if active > 0.0 { v as f64 / active } else { 0.0 };
+    let _ = writeln!(
+        s,
+        "sink: {} datagrams ({} B) in {:.3} s active: {:.0} pps, {:.1} Mbit/s",
+        r.total_datagrams(),
+        r.total_bytes(),
+        active,
+        per_sec(r.total_datagrams()),
+        per_sec(r.total_bytes() * 8) / 1e6
+    );
+    let unique = r.total_unique();
+    let lost = r.total_lost();
+    let _ = writeln!(
+        s,
+        "  unique {unique}, lost {lost} ({:.3}%), dup {}, reordered {}, corrupt {}, short {}, \
+         not ours {}",
+        percent(lost, unique + lost),
+        r.total_duplicates(),
+        r.total_reordered(),
+        r.total_corrupt(),
+        r.total_short(),
+        r.total_not_ours()
+    );
+    for p in &r.ports {
+        let _ = writeln!(
+            s,
+            "  port {}: {} datagrams from {} sources, {} flows, kernel drops {}, echoed {}; \
+             one-way latency {}",
+            p.local_addr,
+            p.datagrams,
+            p.sources.len(),
+            p.flows.len(),
+            p.kernel_drops
+                .map_or_else(|| "?".to_owned(), |d| d.to_string()),
+            p.echoed,
+            fmt_latency(p.latency.as_ref())
+        );
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent_and_parses_lists() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "b",
+            "gen",
+            "--target",
+            "127.0.0.1:9",
+            "--size",
+            "0,64,1400",
+            "--count",
+            "5",
+        ])
+        .unwrap();
+        let Command::Gen(g) = c.command else {
+            panic!("not gen")
+        };
+        assert_eq!(g.size, vec![0, 64, 1400]);
+        let c = Cli::try_parse_from([
+            "b",
+            "sink",
+            "--bind",
+            "127.0.0.1:0",
+            "--bind",
+            "[::1]:0",
+            "--duration",
+            "1s",
+        ])
+        .unwrap();
+        let Command::Sink(s) = c.command else {
+            panic!("not sink")
+        };
+        assert_eq!(s.bind.len(), 2);
+        assert!(Cli::try_parse_from(["b", "sink"]).is_err());
+    }
+
+    #[test]
+    fn latency_formatting_picks_units() {
+        assert_eq!(fmt_ns(999), "999 ns");
+        assert_eq!(fmt_ns(25_100), "25.1 µs");
+        assert_eq!(fmt_ns(1_500_000), "1.50 ms");
+        assert_eq!(fmt_ns(2_000_000_000), "2.000 s");
+    }
+}
