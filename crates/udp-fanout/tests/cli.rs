@@ -1,5 +1,7 @@
 //! The command line: --check, --help, --version, bad configs, ports in use, SIGTERM.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
 mod common;
 
 use std::net::UdpSocket;

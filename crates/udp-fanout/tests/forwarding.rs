@@ -1,6 +1,8 @@
 //! End-to-end forwarding through the real binary on loopback: distribution, byte-exact
 //! datagrams of every size, IPv6, unreachable downstreams, and metrics that match the traffic.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
 mod common;
 
 use std::collections::BTreeMap;
