@@ -15,6 +15,7 @@
 pub mod accounting;
 pub mod flow;
 pub mod select;
+pub mod session;
 
 pub use accounting::{DropReason, EndpointSnapshot, ListenerSnapshot};
 pub use flow::{FlowKey, flow_hash};

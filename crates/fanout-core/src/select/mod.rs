@@ -10,6 +10,8 @@ mod schedule;
 
 use std::net::SocketAddr;
 
+use hashbrown::HashMap;
+
 pub use maglev::{DEFAULT_TABLE_SIZE, Maglev, is_prime};
 pub use schedule::{MAX_CYCLE, Schedule};
 
@@ -96,6 +98,7 @@ pub struct BackendSet {
     active: Vec<u32>,
     schedule: Schedule,
     maglev: Option<Maglev>,
+    by_addr: HashMap<SocketAddr, u32>,
 }
 
 impl BackendSet {
@@ -130,13 +133,8 @@ impl BackendSet {
             )),
             _ => None,
         };
-        BackendSet {
-            distribution,
-            endpoints,
-            active,
-            schedule,
-            maglev,
-        }
+        let by_addr = endpoints.iter().enumerate().map(|(i, e)| (e.addr, i as u32)).collect();
+        BackendSet { distribution, endpoints, active, schedule, maglev, by_addr }
     }
 
     /// An empty set (every datagram is dropped with `no_downstream`).
