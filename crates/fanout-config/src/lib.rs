@@ -14,7 +14,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_WEIGHT, MetricsConfig, Mode,
+    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
+    MetricsConfig, Mode, SessionConfig,
 };
 
 /// Parses and validates a configuration from YAML text.

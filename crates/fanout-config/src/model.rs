@@ -66,6 +66,35 @@ pub struct ListenerConfig {
     pub distribution: Distribution,
     /// The static downstreams, in file order.
     pub downstreams: Vec<DownstreamConfig>,
+    /// Client sessions (sticky choice, reply path); `None` = each datagram on its own.
+    pub session: Option<SessionConfig>,
+}
+
+/// Largest `max_sessions`.
+pub const MAX_SESSIONS: usize = 1 << 24;
+
+/// Client sessions of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// A client keeps its downstream for the life of its session.
+    pub sticky: bool,
+    /// Relay downstream replies back to the client, from the listener's address.
+    pub reply: bool,
+    /// A session ends after this long without traffic in either direction.
+    pub idle_timeout: Duration,
+    /// At most this many sessions (least recently used evicted beyond).
+    pub max_sessions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            sticky: true,
+            reply: false,
+            idle_timeout: Duration::from_secs(60),
+            max_sessions: 1 << 20,
+        }
+    }
 }
 
 impl ListenerConfig {

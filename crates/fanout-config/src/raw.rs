@@ -30,6 +30,16 @@ pub(crate) struct RawListener {
     pub interface: Option<String>,
     pub distribution: Option<RawDistribution>,
     pub downstreams: Option<Vec<RawDownstream>>,
+    pub session: Option<RawSession>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSession {
+    pub sticky: Option<bool>,
+    pub reply: Option<bool>,
+    pub idle_timeout_secs: Option<i64>,
+    pub max_sessions: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -8,10 +8,12 @@ use fanout_core::select::Distribution;
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
-    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_WEIGHT, MetricsConfig, Mode,
+    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
+    MetricsConfig, Mode, SessionConfig,
 };
 use crate::raw::{
-    RawConfig, RawDataplane, RawDistribution, RawListener, RawMetrics, RawMode, RawWorkers, Scalar,
+    RawConfig, RawDataplane, RawDistribution, RawListener, RawMetrics, RawMode, RawSession,
+    RawWorkers, Scalar,
 };
 
 /// Collects errors while walking the raw model.
@@ -123,6 +125,7 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
             RawDistribution::Mirror => Distribution::Mirror,
         };
         let downstreams = downstreams(l.downstreams, &p, bind, errs);
+        let session = l.session.and_then(|s| session(s, &p, errs));
         if let (Some(name), Some(bind)) = (name, bind) {
             out.push(ListenerConfig {
                 name,
@@ -131,6 +134,7 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
                 interface: l.interface,
                 distribution,
                 downstreams,
+                session,
             });
         }
     }
@@ -213,6 +217,40 @@ fn downstreams(
         }
     }
     out
+}
+
+fn session(raw: RawSession, p: &str, errs: &mut Errors) -> Option<SessionConfig> {
+    let mut s = SessionConfig::default();
+    let before = errs.0.len();
+    s.sticky = raw.sticky.unwrap_or(true);
+    s.reply = raw.reply.unwrap_or(false);
+    if !s.sticky && !s.reply {
+        errs.add(
+            format!("{p}.session"),
+            "with sticky: false and reply: false a session does nothing; remove the section or enable one",
+        );
+    }
+    if let Some(t) = raw.idle_timeout_secs {
+        if (1..=7 * 86_400).contains(&t) {
+            s.idle_timeout = Duration::from_secs(t as u64);
+        } else {
+            errs.add(
+                format!("{p}.session.idle_timeout_secs"),
+                format!("{t} is invalid: use 1..=604800 (a week)"),
+            );
+        }
+    }
+    if let Some(m) = raw.max_sessions {
+        if (1..=MAX_SESSIONS as i64).contains(&m) {
+            s.max_sessions = m as usize;
+        } else {
+            errs.add(
+                format!("{p}.session.max_sessions"),
+                format!("{m} is invalid: use 1..={MAX_SESSIONS}"),
+            );
+        }
+    }
+    (errs.0.len() == before).then_some(s)
 }
 
 fn metrics(raw: Option<RawMetrics>, errs: &mut Errors) -> Option<MetricsConfig> {

@@ -270,3 +270,45 @@ fn metrics_bind_must_not_clash_with_a_listener() {
 fn yaml_syntax_errors_give_a_location() {
     assert_err("listeners:\n  - name: a\n   bind: x: y", "at line");
 }
+
+#[test]
+fn sessions() {
+    let base = "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: ['127.0.0.1:2'], ";
+    let c = from_yaml(&format!(
+        "{base}session: {{reply: true, idle_timeout_secs: 5, max_sessions: 100}}}}]"
+    ))
+    .unwrap();
+    let s = c.listeners[0].session.unwrap();
+    assert!(s.sticky && s.reply);
+    assert_eq!(s.idle_timeout, Duration::from_secs(5));
+    assert_eq!(s.max_sessions, 100);
+    let c = from_yaml(&format!("{base}session: {{}}}}]")).unwrap();
+    let s = c.listeners[0].session.unwrap();
+    assert!(
+        s.sticky && !s.reply,
+        "an empty section means sticky sessions"
+    );
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    assert!(
+        from_yaml(&format!("{base}}}]")).unwrap().listeners[0]
+            .session
+            .is_none()
+    );
+    assert_err(
+        &format!("{base}session: {{sticky: false}}}}]"),
+        "listeners[0].session: with sticky: false and reply: false",
+    );
+    assert_err(
+        &format!("{base}session: {{idle_timeout_secs: 0}}}}]"),
+        "listeners[0].session.idle_timeout_secs: 0 is invalid",
+    );
+    assert_err(
+        &format!("{base}session: {{max_sessions: -1}}}}]"),
+        "listeners[0].session.max_sessions: -1 is invalid",
+    );
+    assert_err(
+        &format!("{base}session: {{timeout: 3}}}}]"),
+        "listeners[0].session: unknown field `timeout`",
+    );
+    assert!(from_yaml(&format!("{base}session: {{sticky: false, reply: true}}}}]")).is_ok());
+}

@@ -201,17 +201,51 @@ impl Collector for ListenerCollector {
                 &health,
             )?;
         }
-        let sessions: Vec<(Labels, u64)> = snaps
+        let with_sessions: Vec<&ListenerSnapshot> = snaps
             .iter()
-            .filter_map(|l| l.sessions_active.map(|s| (listener_label(l), s)))
+            .filter(|l| l.sessions_active.is_some())
             .collect();
-        if !sessions.is_empty() {
+        if !with_sessions.is_empty() {
+            let per_s = |f: fn(&ListenerSnapshot) -> u64| -> Vec<(Labels, u64)> {
+                with_sessions
+                    .iter()
+                    .map(|l| (listener_label(l), f(l)))
+                    .collect()
+            };
             family(
                 &mut enc,
                 "udp_fanout_sessions_active",
                 "Live client sessions.",
                 g,
-                &sessions,
+                &per_s(|l| l.sessions_active.unwrap_or(0)),
+            )?;
+            family(
+                &mut enc,
+                "udp_fanout_sessions_created",
+                "Client sessions created.",
+                c,
+                &per_s(|l| l.sessions.created),
+            )?;
+            family(
+                &mut enc,
+                "udp_fanout_sessions_expired",
+                "Sessions ended by their idle timeout.",
+                c,
+                &per_s(|l| l.sessions.expired),
+            )?;
+            family(
+                &mut enc,
+                "udp_fanout_sessions_evicted",
+                "Sessions evicted (least recently used) from a full table.",
+                c,
+                &per_s(|l| l.sessions.evicted),
+            )?;
+            family(
+                &mut enc,
+                "udp_fanout_sessions_repinned",
+                "Sessions moved to another downstream because theirs left the set.",
+                c,
+                &per_s(|l| l.sessions.repinned),
             )?;
         }
         family(
@@ -220,6 +254,31 @@ impl Collector for ListenerCollector {
             "Replies relayed from downstreams to clients.",
             c,
             &per(|l| l.replies),
+        )?;
+        family(
+            &mut enc,
+            "udp_fanout_replies_received",
+            "Datagrams received from downstreams on the reply path.",
+            c,
+            &per(|l| l.replies_received),
+        )?;
+        let reply_dropped: Vec<(Labels, u64)> = snaps
+            .iter()
+            .filter(|l| l.sessions_active.is_some())
+            .flat_map(|l| {
+                DropReason::ALL.iter().map(move |r| {
+                    let mut labels = listener_label(l);
+                    labels.push((Cow::Borrowed("reason"), Cow::Borrowed(r.as_str())));
+                    (labels, l.replies_dropped[r.index()])
+                })
+            })
+            .collect();
+        family(
+            &mut enc,
+            "udp_fanout_replies_dropped",
+            "Reply-path datagrams dropped, by reason.",
+            c,
+            &reply_dropped,
         )?;
         family(
             &mut enc,

@@ -28,11 +28,15 @@ pub enum DropReason {
     SessionTableFull = 7,
     /// The datagram is too large for the destination's address family.
     TooLarge = 8,
+    /// A reply from a mirror's shadow downstream (only the primary's replies are relayed).
+    ShadowReply = 9,
+    /// No upstream socket could be opened for a new session (file descriptor or port limit).
+    NoUpstreamPort = 10,
 }
 
 impl DropReason {
     /// Number of reasons; counters are arrays of this length.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
 
     /// Every reason, in `repr` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -45,6 +49,8 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::SessionTableFull,
         DropReason::TooLarge,
+        DropReason::ShadowReply,
+        DropReason::NoUpstreamPort,
     ];
 
     /// The `reason` label value used in metrics.
@@ -59,6 +65,8 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::SessionTableFull => "session_table_full",
             DropReason::TooLarge => "too_large",
+            DropReason::ShadowReply => "shadow_reply",
+            DropReason::NoUpstreamPort => "no_upstream_port",
         }
     }
 
@@ -103,6 +111,19 @@ pub struct EndpointSnapshot {
     pub healthy: Option<bool>,
 }
 
+/// How many sessions began, ended and moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionCounts {
+    /// Sessions created.
+    pub created: u64,
+    /// Sessions ended after their idle timeout.
+    pub expired: u64,
+    /// Sessions evicted (least recently used) to make room in a full table.
+    pub evicted: u64,
+    /// Sessions moved to another downstream because theirs left the set.
+    pub repinned: u64,
+}
+
 /// The counters of one listener at one moment, as both data planes report them. The metrics
 /// exporter turns these into the Prometheus series of the user-facing contract.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -127,6 +148,12 @@ pub struct ListenerSnapshot {
     pub sessions_active: Option<u64>,
     /// Replies relayed from downstreams back to clients.
     pub replies: u64,
+    /// Datagrams received from downstreams on the reply path.
+    pub replies_received: u64,
+    /// Reply-path drops, indexed by [`DropReason::index`].
+    pub replies_dropped: [u64; DropReason::COUNT],
+    /// Session lifecycle counters; zero for listeners without sessions.
+    pub sessions: SessionCounts,
     /// Datagrams the kernel dropped before udp-fanout could read them (socket buffer full).
     pub socket_drops: u64,
 }

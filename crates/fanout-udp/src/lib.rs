@@ -7,6 +7,7 @@
 //! - `worker`: the per-core loop: receive a batch, pick targets, send a batch.
 //! - [`plane`]: binding everything up front, starting and stopping the workers.
 
+mod limits;
 pub mod listener;
 pub mod plane;
 pub mod stats;

@@ -7,7 +7,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use fanout_core::select::{BackendSet, Distribution, Endpoint, EndpointState};
+use fanout_config::{ListenerConfig, SessionConfig};
+use fanout_core::select::{BackendSet, Endpoint, EndpointState};
 use fanout_core::{EndpointSnapshot, ListenerSnapshot};
 
 use crate::stats::{EndpointStats, ListenerStats};
@@ -20,6 +21,9 @@ pub struct ActiveSet {
     pub set: BackendSet,
     /// Counters, `stats[i]` for `set.endpoints()[i]`.
     pub stats: Vec<Arc<EndpointStats>>,
+    /// Increases with every replacement; sessions compare it to know their cached downstream
+    /// index is still valid.
+    pub generation: u64,
 }
 
 /// What the workers and the control plane share about one listener.
@@ -32,17 +36,22 @@ pub struct ListenerShared {
     stats: ListenerStats,
     backends: ArcSwap<ActiveSet>,
     sockets: Vec<Arc<UdpSocket>>,
+    session: Option<SessionConfig>,
+    has_sessions: bool,
 }
 
 impl ListenerShared {
     pub(crate) fn new(
-        name: String,
+        cfg: &ListenerConfig,
         local_addr: SocketAddr,
-        distribution: Distribution,
-        endpoints: Vec<Endpoint>,
-        table_size: u32,
         sockets: Vec<Arc<UdpSocket>>,
     ) -> Self {
+        let (name, distribution, endpoints, table_size) = (
+            cfg.name.clone(),
+            cfg.distribution,
+            cfg.endpoints(),
+            cfg.table_size(),
+        );
         let workers = sockets.len();
         let stats = endpoints
             .iter()
@@ -51,6 +60,7 @@ impl ListenerShared {
         let active = ActiveSet {
             set: BackendSet::new(distribution, endpoints, table_size),
             stats,
+            generation: 1,
         };
         ListenerShared {
             name,
@@ -60,7 +70,14 @@ impl ListenerShared {
             stats: ListenerStats::new(workers),
             backends: ArcSwap::from_pointee(active),
             sockets,
+            session: cfg.session,
+            has_sessions: cfg.session.is_some(),
         }
+    }
+
+    /// The session settings, if the listener keeps sessions.
+    pub fn session(&self) -> Option<SessionConfig> {
+        self.session
     }
 
     /// The listener's name.
@@ -107,7 +124,12 @@ impl ListenerShared {
             })
             .collect();
         let set = BackendSet::new(old.set.distribution(), endpoints, self.table_size);
-        self.backends.store(Arc::new(ActiveSet { set, stats }));
+        let generation = old.generation + 1;
+        self.backends.store(Arc::new(ActiveSet {
+            set,
+            stats,
+            generation,
+        }));
     }
 
     /// The counters as a plane-independent snapshot.
@@ -144,8 +166,11 @@ impl ListenerShared {
             dropped: t.dropped,
             downstreams,
             downstream_active,
-            sessions_active: None,
+            sessions_active: self.has_sessions.then_some(t.sessions_active),
             replies: t.replies,
+            replies_received: t.replies_received,
+            replies_dropped: t.replies_dropped,
+            sessions: t.sessions,
             socket_drops: self
                 .sockets
                 .iter()

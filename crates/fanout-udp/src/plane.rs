@@ -79,6 +79,7 @@ impl UserspacePlane {
             reuse_port: true,
             pktinfo: false,
         };
+        crate::limits::raise_nofile(cfg);
         let mut listeners = Vec::new();
         for l in cfg.listeners.iter().filter(|l| l.mode == Mode::Userspace) {
             listeners.push(Arc::new(bind_listener(l, workers, &opts)?));
@@ -230,6 +231,12 @@ fn bind_listener(
         addr,
         reason: describe(&e),
     };
+    // Answering clients of a wildcard listener from the address they wrote to needs the
+    // destination address of every datagram.
+    let opts = &SocketOptions {
+        pktinfo: l.session.is_some_and(|s| s.reply) && l.bind.ip().is_unspecified(),
+        ..*opts
+    };
     socket::probe_free(l.bind).map_err(|e| bind_err(l.bind, e))?;
     let mut sockets = Vec::with_capacity(workers);
     let (first, sizes) = socket::bind(l.bind, opts).map_err(|e| bind_err(l.bind, e))?;
@@ -257,14 +264,7 @@ fn bind_listener(
         workers,
         "listening"
     );
-    Ok(ListenerShared::new(
-        l.name.clone(),
-        local,
-        l.distribution,
-        l.endpoints(),
-        l.table_size(),
-        sockets,
-    ))
+    Ok(ListenerShared::new(l, local, sockets))
 }
 
 /// A short lower-case description of a bind error (`address already in use`).

@@ -27,6 +27,14 @@ pub struct ListenerCounters {
     bytes_forwarded: AtomicU64,
     replies: AtomicU64,
     dropped: [AtomicU64; DropReason::COUNT],
+    replies_received: AtomicU64,
+    replies_dropped: [AtomicU64; DropReason::COUNT],
+    sessions_created: AtomicU64,
+    sessions_expired: AtomicU64,
+    sessions_evicted: AtomicU64,
+    sessions_repinned: AtomicU64,
+    /// A gauge: this worker's live sessions, stored after every batch.
+    sessions_active: AtomicU64,
 }
 
 impl ListenerCounters {
@@ -55,6 +63,48 @@ impl ListenerCounters {
     pub fn dropped(&self, reason: DropReason) {
         bump(&self.dropped[reason.index()], 1);
     }
+
+    /// A datagram arrived from a downstream on the reply path.
+    #[inline]
+    pub fn reply_received(&self) {
+        bump(&self.replies_received, 1);
+    }
+
+    /// A reply-path datagram was dropped.
+    #[inline]
+    pub fn reply_dropped(&self, reason: DropReason) {
+        bump(&self.replies_dropped[reason.index()], 1);
+    }
+
+    /// Session lifecycle events.
+    #[inline]
+    pub fn session_created(&self) {
+        bump(&self.sessions_created, 1);
+    }
+
+    /// A session reached its idle timeout.
+    #[inline]
+    pub fn session_expired(&self) {
+        bump(&self.sessions_expired, 1);
+    }
+
+    /// A session was evicted from a full table.
+    #[inline]
+    pub fn session_evicted(&self) {
+        bump(&self.sessions_evicted, 1);
+    }
+
+    /// A session moved to another downstream.
+    #[inline]
+    pub fn session_repinned(&self) {
+        bump(&self.sessions_repinned, 1);
+    }
+
+    /// Publishes this worker's number of live sessions.
+    #[inline]
+    pub fn set_sessions_active(&self, n: usize) {
+        self.sessions_active.store(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Per-worker slots of a listener's counters.
@@ -78,6 +128,14 @@ pub struct ListenerTotals {
     pub replies: u64,
     /// Drops by reason.
     pub dropped: [u64; DropReason::COUNT],
+    /// Datagrams received on the reply path.
+    pub replies_received: u64,
+    /// Reply-path drops by reason.
+    pub replies_dropped: [u64; DropReason::COUNT],
+    /// Session lifecycle.
+    pub sessions: fanout_core::SessionCounts,
+    /// Live sessions over all workers.
+    pub sessions_active: u64,
 }
 
 impl ListenerStats {
@@ -107,6 +165,15 @@ impl ListenerStats {
             for (d, c) in t.dropped.iter_mut().zip(s.dropped.iter()) {
                 *d += c.load(Ordering::Relaxed);
             }
+            t.replies_received += s.replies_received.load(Ordering::Relaxed);
+            for (d, c) in t.replies_dropped.iter_mut().zip(s.replies_dropped.iter()) {
+                *d += c.load(Ordering::Relaxed);
+            }
+            t.sessions.created += s.sessions_created.load(Ordering::Relaxed);
+            t.sessions.expired += s.sessions_expired.load(Ordering::Relaxed);
+            t.sessions.evicted += s.sessions_evicted.load(Ordering::Relaxed);
+            t.sessions.repinned += s.sessions_repinned.load(Ordering::Relaxed);
+            t.sessions_active += s.sessions_active.load(Ordering::Relaxed);
         }
         t
     }

@@ -133,8 +133,19 @@ impl BackendSet {
             )),
             _ => None,
         };
-        let by_addr = endpoints.iter().enumerate().map(|(i, e)| (e.addr, i as u32)).collect();
-        BackendSet { distribution, endpoints, active, schedule, maglev, by_addr }
+        let by_addr = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.addr, i as u32))
+            .collect();
+        BackendSet {
+            distribution,
+            endpoints,
+            active,
+            schedule,
+            maglev,
+            by_addr,
+        }
     }
 
     /// An empty set (every datagram is dropped with `no_downstream`).
@@ -169,10 +180,7 @@ impl BackendSet {
 
     /// Index of the endpoint with this address, if it is in the set.
     pub fn position(&self, addr: &SocketAddr) -> Option<u32> {
-        self.endpoints
-            .iter()
-            .position(|e| e.addr == *addr)
-            .map(|i| i as u32)
+        self.by_addr.get(addr).copied()
     }
 
     /// Chooses the target(s) of one datagram. `cursor` is the caller's round-robin position;

@@ -46,7 +46,12 @@ pub enum Resolved {
 /// Chooses the downstream of a new session, or `None` when nothing takes new flows. For
 /// `mirror`, the session's downstream is the primary: the first active one, whose replies are
 /// relayed.
-pub fn bind_new(set: &BackendSet, generation: u64, key: &FlowKey, cursor: &mut usize) -> Option<Binding> {
+pub fn bind_new(
+    set: &BackendSet,
+    generation: u64,
+    key: &FlowKey,
+    cursor: &mut usize,
+) -> Option<Binding> {
     let index = match set.distribution() {
         Distribution::Mirror => *set.active().first()?,
         _ => match set.pick(key, cursor) {
@@ -55,17 +60,31 @@ pub fn bind_new(set: &BackendSet, generation: u64, key: &FlowKey, cursor: &mut u
         },
     };
     let downstream = set.endpoints().get(index as usize)?.addr;
-    Some(Binding { downstream, index, generation })
+    Some(Binding {
+        downstream,
+        index,
+        generation,
+    })
 }
 
 /// Checks `b` against `set` (of `generation`) and updates it. For `mirror` sessions the primary
 /// follows the set: it is always the first active downstream.
-pub fn resolve(set: &BackendSet, generation: u64, b: &mut Binding, key: &FlowKey, cursor: &mut usize) -> Resolved {
+pub fn resolve(
+    set: &BackendSet,
+    generation: u64,
+    b: &mut Binding,
+    key: &FlowKey,
+    cursor: &mut usize,
+) -> Resolved {
     if b.generation == generation {
         return Resolved::Same(b.index);
     }
     let still_there = match set.distribution() {
-        Distribution::Mirror => set.active().first().filter(|&&i| set.endpoints()[i as usize].addr == b.downstream).copied(),
+        Distribution::Mirror => set
+            .active()
+            .first()
+            .filter(|&&i| set.endpoints()[i as usize].addr == b.downstream)
+            .copied(),
         _ => set.position(&b.downstream),
     };
     if let Some(i) = still_there {
@@ -98,17 +117,31 @@ mod tests {
 
     #[test]
     fn sticky_round_robin_keeps_its_downstream_while_the_set_changes() {
-        let set1 = BackendSet::new(Distribution::RoundRobin, vec![ep(1), ep(2), ep(3)], DEFAULT_TABLE_SIZE);
+        let set1 = BackendSet::new(
+            Distribution::RoundRobin,
+            vec![ep(1), ep(2), ep(3)],
+            DEFAULT_TABLE_SIZE,
+        );
         let mut cur = 1;
         let mut b = bind_new(&set1, 1, &key(1), &mut cur).unwrap();
         assert_eq!(b.downstream.port(), 2);
         // Many datagrams later, round-robin would have moved on; the session does not.
         for _ in 0..10 {
-            assert_eq!(resolve(&set1, 1, &mut b, &key(1), &mut cur), Resolved::Same(1));
+            assert_eq!(
+                resolve(&set1, 1, &mut b, &key(1), &mut cur),
+                Resolved::Same(1)
+            );
         }
         // A downstream is added in front: the index changes, the downstream does not.
-        let set2 = BackendSet::new(Distribution::RoundRobin, vec![ep(9), ep(1), ep(2), ep(3)], DEFAULT_TABLE_SIZE);
-        assert_eq!(resolve(&set2, 2, &mut b, &key(1), &mut cur), Resolved::Same(2));
+        let set2 = BackendSet::new(
+            Distribution::RoundRobin,
+            vec![ep(9), ep(1), ep(2), ep(3)],
+            DEFAULT_TABLE_SIZE,
+        );
+        assert_eq!(
+            resolve(&set2, 2, &mut b, &key(1), &mut cur),
+            Resolved::Same(2)
+        );
         assert_eq!(b.downstream.port(), 2);
         assert_eq!(b.generation, 2);
     }
@@ -116,29 +149,57 @@ mod tests {
     #[test]
     fn consistent_hash_sessions_stay_even_when_maglev_would_move_them() {
         let all: Vec<Endpoint> = (1..=5).map(ep).collect();
-        let set1 = BackendSet::new(Distribution::ConsistentHash, all[..4].to_vec(), DEFAULT_TABLE_SIZE);
-        let set2 = BackendSet::new(Distribution::ConsistentHash, all.clone(), DEFAULT_TABLE_SIZE);
+        let set1 = BackendSet::new(
+            Distribution::ConsistentHash,
+            all[..4].to_vec(),
+            DEFAULT_TABLE_SIZE,
+        );
+        let set2 = BackendSet::new(
+            Distribution::ConsistentHash,
+            all.clone(),
+            DEFAULT_TABLE_SIZE,
+        );
         let mut moved_by_maglev = 0;
         for p in 0..500 {
             let mut b = bind_new(&set1, 1, &key(p), &mut 0).unwrap();
             let before = b.downstream;
-            assert!(matches!(resolve(&set2, 2, &mut b, &key(p), &mut 0), Resolved::Same(_)));
+            assert!(matches!(
+                resolve(&set2, 2, &mut b, &key(p), &mut 0),
+                Resolved::Same(_)
+            ));
             assert_eq!(b.downstream, before);
             if bind_new(&set2, 2, &key(p), &mut 0).unwrap().downstream != before {
                 moved_by_maglev += 1;
             }
         }
-        assert!(moved_by_maglev > 0, "the test must cover keys Maglev remaps");
+        assert!(
+            moved_by_maglev > 0,
+            "the test must cover keys Maglev remaps"
+        );
     }
 
     #[test]
     fn repin_when_the_downstream_disappears() {
-        let set1 = BackendSet::new(Distribution::RoundRobin, vec![ep(1), ep(2)], DEFAULT_TABLE_SIZE);
+        let set1 = BackendSet::new(
+            Distribution::RoundRobin,
+            vec![ep(1), ep(2)],
+            DEFAULT_TABLE_SIZE,
+        );
         let mut b = bind_new(&set1, 1, &key(1), &mut 0).unwrap();
         assert_eq!(b.downstream.port(), 1);
-        let set2 = BackendSet::new(Distribution::RoundRobin, vec![ep(2), ep(3)], DEFAULT_TABLE_SIZE);
+        let set2 = BackendSet::new(
+            Distribution::RoundRobin,
+            vec![ep(2), ep(3)],
+            DEFAULT_TABLE_SIZE,
+        );
         let r = resolve(&set2, 2, &mut b, &key(1), &mut 0);
-        assert_eq!(r, Resolved::Repinned { from: ep(1).addr, to: 0 });
+        assert_eq!(
+            r,
+            Resolved::Repinned {
+                from: ep(1).addr,
+                to: 0
+            }
+        );
         assert_eq!(b.downstream.port(), 2);
         let empty = BackendSet::empty(Distribution::RoundRobin);
         assert_eq!(resolve(&empty, 3, &mut b, &key(1), &mut 0), Resolved::Gone);
@@ -152,19 +213,38 @@ mod tests {
         assert_eq!(b.downstream.port(), 1);
         eps[0].state = EndpointState::Draining;
         let set2 = BackendSet::new(Distribution::RoundRobin, eps, DEFAULT_TABLE_SIZE);
-        assert_eq!(resolve(&set2, 2, &mut b, &key(1), &mut 0), Resolved::Same(0));
+        assert_eq!(
+            resolve(&set2, 2, &mut b, &key(1), &mut 0),
+            Resolved::Same(0)
+        );
         for p in 2..20 {
-            assert_eq!(bind_new(&set2, 2, &key(p), &mut 0).unwrap().downstream.port(), 2);
+            assert_eq!(
+                bind_new(&set2, 2, &key(p), &mut 0)
+                    .unwrap()
+                    .downstream
+                    .port(),
+                2
+            );
         }
     }
 
     #[test]
     fn mirror_primary_is_the_first_active_downstream() {
-        let set1 = BackendSet::new(Distribution::Mirror, vec![ep(1), ep(2), ep(3)], DEFAULT_TABLE_SIZE);
+        let set1 = BackendSet::new(
+            Distribution::Mirror,
+            vec![ep(1), ep(2), ep(3)],
+            DEFAULT_TABLE_SIZE,
+        );
         let mut b = bind_new(&set1, 1, &key(1), &mut 0).unwrap();
         assert_eq!(b.downstream.port(), 1);
         let set2 = BackendSet::new(Distribution::Mirror, vec![ep(2), ep(3)], DEFAULT_TABLE_SIZE);
-        assert_eq!(resolve(&set2, 2, &mut b, &key(1), &mut 0), Resolved::Repinned { from: ep(1).addr, to: 0 });
+        assert_eq!(
+            resolve(&set2, 2, &mut b, &key(1), &mut 0),
+            Resolved::Repinned {
+                from: ep(1).addr,
+                to: 0
+            }
+        );
         assert_eq!(b.downstream.port(), 2);
     }
 }

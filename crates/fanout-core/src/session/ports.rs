@@ -48,7 +48,11 @@ pub struct PortSlots {
 impl PortSlots {
     /// A pool that may grow to `max_sockets` sockets.
     pub fn new(max_sockets: u32) -> Self {
-        PortSlots { opened: 0, max_sockets, keys: HashMap::new() }
+        PortSlots {
+            opened: 0,
+            max_sockets,
+            keys: HashMap::new(),
+        }
     }
 
     /// Sockets opened so far.
@@ -62,13 +66,19 @@ impl PortSlots {
         let k = self.keys.entry(key).or_default();
         if let Some(s) = k.free.pop() {
             k.in_use += 1;
-            return Some(Acquired { socket: s, new: false });
+            return Some(Acquired {
+                socket: s,
+                new: false,
+            });
         }
         if k.next < opened {
             let s = k.next;
             k.next += 1;
             k.in_use += 1;
-            return Some(Acquired { socket: s, new: false });
+            return Some(Acquired {
+                socket: s,
+                new: false,
+            });
         }
         if opened >= self.max_sockets {
             if k.in_use == 0 {
@@ -80,7 +90,10 @@ impl PortSlots {
         self.opened += 1;
         k.next = self.opened;
         k.in_use += 1;
-        Some(Acquired { socket: s, new: true })
+        Some(Acquired {
+            socket: s,
+            new: true,
+        })
     }
 
     /// Undoes an [`acquire`](Self::acquire) that returned `new: true` whose socket could not
@@ -124,11 +137,31 @@ mod tests {
     fn sessions_on_different_downstreams_share_sockets() {
         let mut p = PortSlots::new(100);
         let a = p.acquire(d(1)).unwrap();
-        assert_eq!(a, Acquired { socket: 0, new: true });
+        assert_eq!(
+            a,
+            Acquired {
+                socket: 0,
+                new: true
+            }
+        );
         let b = p.acquire(d(2)).unwrap();
-        assert_eq!(b, Acquired { socket: 0, new: false }, "same socket, other downstream");
+        assert_eq!(
+            b,
+            Acquired {
+                socket: 0,
+                new: false
+            },
+            "same socket, other downstream"
+        );
         let c = p.acquire(d(1)).unwrap();
-        assert_eq!(c, Acquired { socket: 1, new: true }, "same downstream needs another port");
+        assert_eq!(
+            c,
+            Acquired {
+                socket: 1,
+                new: true
+            },
+            "same downstream needs another port"
+        );
         assert_eq!(p.opened(), 2);
     }
 
@@ -148,20 +181,40 @@ mod tests {
         let b = p.acquire(d(1)).unwrap();
         assert_eq!(p.acquire(d(1)), None, "limit reached");
         p.release(d(1), a.socket);
-        assert_eq!(p.acquire(d(1)), Some(Acquired { socket: a.socket, new: false }));
+        assert_eq!(
+            p.acquire(d(1)),
+            Some(Acquired {
+                socket: a.socket,
+                new: false
+            })
+        );
         p.release(d(1), b.socket);
         p.release(d(1), a.socket);
         // All free: the key is forgotten and starts again at socket 0.
-        assert_eq!(p.acquire(d(1)), Some(Acquired { socket: 0, new: false }));
+        assert_eq!(
+            p.acquire(d(1)),
+            Some(Acquired {
+                socket: 0,
+                new: false
+            })
+        );
     }
 
     #[test]
     fn exclusive_sessions_get_distinct_sockets() {
         let mut p = PortSlots::new(10);
-        let s: Vec<u32> = (0..5).map(|_| p.acquire(EXCLUSIVE).unwrap().socket).collect();
+        let s: Vec<u32> = (0..5)
+            .map(|_| p.acquire(EXCLUSIVE).unwrap().socket)
+            .collect();
         assert_eq!(s, [0, 1, 2, 3, 4]);
         // A shared-key session can still use those sockets for its own downstream.
-        assert_eq!(p.acquire(d(9)).unwrap(), Acquired { socket: 0, new: false });
+        assert_eq!(
+            p.acquire(d(9)).unwrap(),
+            Acquired {
+                socket: 0,
+                new: false
+            }
+        );
     }
 
     #[test]
@@ -171,6 +224,12 @@ mod tests {
         assert!(a.new);
         p.abandon_new(d(1), a.socket);
         assert_eq!(p.opened(), 0);
-        assert_eq!(p.acquire(d(1)).unwrap(), Acquired { socket: 0, new: true });
+        assert_eq!(
+            p.acquire(d(1)).unwrap(),
+            Acquired {
+                socket: 0,
+                new: true
+            }
+        );
     }
 }

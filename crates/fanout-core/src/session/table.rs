@@ -122,7 +122,12 @@ impl<V> SessionTable<V> {
     /// Adds a session for `client` (which must not have one). When the table is full, the least
     /// recently used session is evicted first and returned, so the caller can release what it
     /// held. Never blocks, never fails.
-    pub fn insert(&mut self, client: SocketAddr, value: V, now: u64) -> (SessionId, Option<(SocketAddr, V)>) {
+    pub fn insert(
+        &mut self,
+        client: SocketAddr,
+        value: V,
+        now: u64,
+    ) -> (SessionId, Option<(SocketAddr, V)>) {
         debug_assert!(!self.map.contains_key(&client));
         let evicted = if self.map.len() >= self.capacity && self.tail != NIL {
             let lru = self.tail;
@@ -130,7 +135,13 @@ impl<V> SessionTable<V> {
         } else {
             None
         };
-        let entry = Entry { key: client, value: Some(value), last_seen: now, prev: NIL, next: NIL };
+        let entry = Entry {
+            key: client,
+            value: Some(value),
+            last_seen: now,
+            prev: NIL,
+            next: NIL,
+        };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slab[id as usize] = entry;
@@ -146,6 +157,20 @@ impl<V> SessionTable<V> {
         (id, evicted)
     }
 
+    /// True when an insert would evict.
+    pub fn is_full(&self) -> bool {
+        self.map.len() >= self.capacity
+    }
+
+    /// Ends the least recently used session and returns it (`None` if empty).
+    pub fn pop_lru(&mut self) -> Option<(SessionId, SocketAddr, V)> {
+        let id = self.tail;
+        if id == NIL {
+            return None;
+        }
+        self.take(id).map(|(k, v)| (id, k, v))
+    }
+
     /// Ends session `id` and returns its client and value.
     pub fn remove(&mut self, id: SessionId) -> Option<(SocketAddr, V)> {
         self.take(id)
@@ -154,7 +179,12 @@ impl<V> SessionTable<V> {
     /// Ends up to `limit` sessions idle since before `now - idle`, calling `on_end` for each;
     /// returns how many ended. Bounded so a sweep never stalls the data path; call again for
     /// the rest.
-    pub fn expire(&mut self, now: u64, limit: usize, mut on_end: impl FnMut(SessionId, SocketAddr, V)) -> usize {
+    pub fn expire(
+        &mut self,
+        now: u64,
+        limit: usize,
+        mut on_end: impl FnMut(SessionId, SocketAddr, V),
+    ) -> usize {
         let mut n = 0;
         while n < limit && self.tail != NIL {
             let id = self.tail;
@@ -190,7 +220,9 @@ impl<V> SessionTable<V> {
     }
 
     fn is_live(&self, id: SessionId) -> bool {
-        self.slab.get(id as usize).is_some_and(|e| e.value.is_some())
+        self.slab
+            .get(id as usize)
+            .is_some_and(|e| e.value.is_some())
     }
 
     fn take(&mut self, id: SessionId) -> Option<(SocketAddr, V)> {
@@ -270,11 +302,15 @@ mod tests {
             t.insert(addr(p), p, 0);
         }
         t.lookup(&addr(1), 1); // 2 is now the LRU
+        assert!(t.is_full());
         let (_, evicted) = t.insert(addr(4), 4, 2);
         assert_eq!(evicted, Some((addr(2), 2)));
         assert_eq!(t.len(), 3);
         assert!(t.find(&addr(2)).is_none());
         assert!(t.find(&addr(1)).is_some() && t.find(&addr(4)).is_some());
+        let (_, k, v) = t.pop_lru().unwrap();
+        assert_eq!((k, v), (addr(3), 3));
+        assert!(!t.is_full());
     }
 
     #[test]
@@ -287,7 +323,11 @@ mod tests {
         t.touch(id3, 90);
         assert_eq!(t.next_expiry(90), Some(10));
         let mut ended = Vec::new();
-        assert_eq!(t.expire(99, 10, |_, k, v| ended.push((k, v))), 0, "nothing idle for 100 ms yet");
+        assert_eq!(
+            t.expire(99, 10, |_, k, v| ended.push((k, v))),
+            0,
+            "nothing idle for 100 ms yet"
+        );
         assert_eq!(t.expire(100, 10, |_, k, v| ended.push((k, v))), 1);
         assert_eq!(ended, [(addr(1), 1)]);
         // Traffic in either direction refreshes: 2 was touched at 50, 3 at 90.

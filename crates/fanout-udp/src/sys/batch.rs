@@ -94,8 +94,21 @@ impl RecvBatch {
     /// the socket had nothing (EAGAIN).
     pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         self.len = 0;
+        self.recv_append(fd)
+    }
+
+    /// Receives into the slots after the datagrams already held, keeping those: several
+    /// sockets with a few datagrams each fill one batch, which is then processed (and answered
+    /// with one `sendmmsg`) together. Returns how many arrived; 0 when the socket had nothing
+    /// or the batch is already full.
+    pub fn recv_append(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let start = self.len;
+        let room = self.hdrs.len() - start;
+        if room == 0 {
+            return Ok(0);
+        }
         let base = self.bufs.as_mut_ptr();
-        for i in 0..self.hdrs.len() {
+        for i in start..self.hdrs.len() {
             // SAFETY: i * slot_size + slot_size <= bufs.len() by construction.
             self.iovs[i].iov_base = unsafe { base.add(i * self.slot_size) }.cast();
             self.iovs[i].iov_len = self.slot_size;
@@ -110,20 +123,20 @@ impl RecvBatch {
             self.hdrs[i].msg_len = 0;
         }
         loop {
-            // SAFETY: every header points at buffers owned by self that stay alive and unaliased
-            // for the call; the count matches the array length.
+            // SAFETY: headers start.. point at buffers owned by self that stay alive and
+            // unaliased for the call; the count stays within the array.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
-                    self.hdrs.as_mut_ptr(),
-                    self.hdrs.len() as libc::c_uint,
+                    self.hdrs.as_mut_ptr().add(start),
+                    room as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
             };
             if rc >= 0 {
-                self.len = rc as usize;
-                return Ok(self.len);
+                self.len = start + rc as usize;
+                return Ok(rc as usize);
             }
             let err = io::Error::last_os_error();
             match err.kind() {
@@ -132,6 +145,16 @@ impl RecvBatch {
                 _ => return Err(err),
             }
         }
+    }
+
+    /// Forgets the datagrams held.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// True when no slot is free.
+    pub fn is_full(&self) -> bool {
+        self.len == self.hdrs.len()
     }
 
     /// Number of datagrams from the last [`recv`](Self::recv).
@@ -416,6 +439,23 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn append_fills_one_batch_from_several_sockets() {
+        let (a, b) = pair();
+        let (_c, d) = pair();
+        a.send_to(b"one", b.local_addr().unwrap()).unwrap();
+        a.send_to(b"two", d.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rb = RecvBatch::new(4, 64);
+        assert_eq!(rb.recv_append(b.as_fd()).unwrap(), 1);
+        assert_eq!(rb.recv_append(d.as_fd()).unwrap(), 1);
+        assert_eq!(rb.len(), 2);
+        assert_eq!(rb.get(0).unwrap().data, b"one");
+        assert_eq!(rb.get(1).unwrap().data, b"two");
+        rb.clear();
+        assert!(rb.is_empty());
     }
 
     #[test]

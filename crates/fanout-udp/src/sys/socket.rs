@@ -78,6 +78,27 @@ pub fn egress(family_of: SocketAddr, opts: &SocketOptions) -> io::Result<(UdpSoc
     )
 }
 
+/// Creates a non-blocking upstream socket for sessions, bound to an ephemeral port. `dual`:
+/// an IPv6 socket that also reaches IPv4 downstreams through mapped addresses, so one pool of
+/// ports serves both families.
+pub fn upstream(dual: bool, recv_buffer: usize) -> io::Result<UdpSocket> {
+    let (domain, local): (Domain, SocketAddr) = if dual {
+        (Domain::IPV6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+    } else {
+        (Domain::IPV4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    if dual {
+        s.set_only_v6(false)?;
+    }
+    if recv_buffer > 0 {
+        s.set_recv_buffer_size(recv_buffer)?;
+    }
+    s.bind(&local.into())?;
+    Ok(s.into())
+}
+
 fn set_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
     let (level, name) = if v6 {

@@ -1,0 +1,63 @@
+//! Process limits the plane needs: enough file descriptors for the sessions' upstream sockets.
+
+use fanout_config::{Config, Mode};
+use fanout_core::select::Distribution;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Descriptors kept for everything but upstream sockets (listeners, egress, epoll, metrics).
+const BASE_FDS: u64 = 4096;
+
+/// Upper bound of upstream sockets `cfg` can need: a session needs its own port on its
+/// downstream, so a downstream's sessions need one socket each; sessions spread over `n`
+/// downstreams need about `max_sessions / n`. Per-datagram choice with replies and mirror
+/// (whose replies all come from one primary) need one per session.
+pub(crate) fn upstream_sockets_needed(cfg: &Config) -> u64 {
+    cfg.listeners
+        .iter()
+        .filter(|l| l.mode == Mode::Userspace)
+        .filter_map(|l| l.session.filter(|s| s.reply).map(|s| (l, s)))
+        .map(|(l, s)| {
+            let shared = s.sticky && l.distribution != Distribution::Mirror;
+            let n = if shared {
+                l.downstreams.len().max(1)
+            } else {
+                1
+            };
+            (s.max_sessions as u64).div_ceil(n as u64)
+        })
+        .sum()
+}
+
+/// Raises the soft RLIMIT_NOFILE towards what the sessions may need (up to the hard limit) and
+/// says so in the logs.
+pub(crate) fn raise_nofile(cfg: &Config) {
+    let needed = upstream_sockets_needed(cfg);
+    if needed == 0 {
+        return;
+    }
+    let want = needed + BASE_FDS;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    let target = want.min(hard);
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = target,
+            upstream_sockets = needed,
+            "raised RLIMIT_NOFILE for session sockets"
+        ),
+        Err(e) => tracing::warn!(error = %e, soft, hard, "could not raise RLIMIT_NOFILE"),
+    }
+    if target < want {
+        tracing::warn!(
+            hard,
+            wanted = want,
+            "the hard RLIMIT_NOFILE is below what max_sessions may need; new sessions beyond it are dropped \
+             (reason no_upstream_port). Raise LimitNOFILE= (systemd) or the hard limit"
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! One worker thread: receives batches on its share of every listener and forwards them, and
+//! relays the replies of the sessions it owns.
+//!
+//! Each worker owns one SO_REUSEPORT socket per listener (the kernel spreads clients over the
+//! workers by flow hash, so a client always reaches the same worker and its session lives there
+//! without locks), egress sockets, the upstream sockets of its sessions, and all its buffers.
+//! Nothing is shared with other workers except read-mostly state (the downstream set behind
+//! `ArcSwap`) and its own counter slots, so the hot path takes no lock, makes no allocation,
+//! and costs a handful of system calls per batch, not per datagram.
+//!
+//! Readiness comes from epoll (through mio, edge-triggered) into a ready queue. A socket that
+//! filled a whole batch goes back to the end of the queue, after the others had their turn, so
+//! one busy listener cannot starve the rest.
+
+mod forward;
+mod reply;
+mod session;
+
+use std::net::UdpSocket;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use crate::listener::ListenerShared;
+use crate::sys::{RecvBatch, SLOT_SIZE, SendQueue};
+use forward::Egress;
+use session::Sessions;
+
+/// Token of the waker that interrupts `poll` for shutdown.
+pub(crate) const WAKE: Token = Token(usize::MAX);
+
+/// Batches read from one socket before giving the other sockets a turn.
+const BATCHES_PER_TURN: usize = 8;
+
+/// How often idle sessions are swept out.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Sessions ended per listener per sweep, at most: bounds the pause a sweep can cause.
+const SWEEP_BUDGET: usize = 4096;
+
+/// Tokens: the listener index in the high half, 0 for the listener socket or `1 + k` for
+/// upstream socket `k` of its sessions.
+fn listener_token(li: usize) -> Token {
+    Token(li << 32)
+}
+
+fn upstream_token(li: usize, k: u32) -> Token {
+    Token((li << 32) | (k as usize + 1))
+}
+
+fn split_token(t: Token) -> (usize, Option<u32>) {
+    let li = t.0 >> 32;
+    match (t.0 & 0xffff_ffff) as u32 {
+        0 => (li, None),
+        k => (li, Some(k - 1)),
+    }
+}
+
+/// Everything a worker needs, prepared (and bound) before its thread starts.
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub workers: usize,
+    pub poll: Poll,
+    pub listeners: Vec<(Arc<ListenerShared>, Arc<UdpSocket>)>,
+    pub egress_v4: Option<UdpSocket>,
+    pub egress_v6: Option<UdpSocket>,
+    pub batch: usize,
+    pub send_timeout: Duration,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// One listener as one worker sees it.
+pub(crate) struct Port {
+    shared: Arc<ListenerShared>,
+    sock: Arc<UdpSocket>,
+    /// Round-robin position of this worker.
+    cursor: usize,
+    /// Queued for reading.
+    queued: bool,
+    sessions: Option<Sessions>,
+}
+
+/// Rate-limits repeated error logs: the first, then one per `EVERY`.
+#[derive(Default)]
+pub(crate) struct LogLimiter(u64);
+
+impl LogLimiter {
+    const EVERY: u64 = 100_000;
+    pub(crate) fn should_log(&mut self) -> bool {
+        self.0 += 1;
+        self.0 == 1 || self.0.is_multiple_of(Self::EVERY)
+    }
+}
+
+/// Buffers shared by all of a worker's paths (used one batch at a time).
+pub(crate) struct Buffers {
+    pub recv: RecvBatch,
+    /// Upstream socket of each datagram in `recv` on the reply path.
+    pub reply_src: Vec<u32>,
+    /// Sends to upstream sockets: (socket, endpoint index, datagram index in `recv`).
+    pub upstream_sends: Vec<(u32, u32, u32)>,
+    pub upstream_q: SendQueue,
+    pub reply_q: SendQueue,
+    pub send_timeout: Duration,
+}
+
+struct Worker {
+    id: usize,
+    poll: Poll,
+    ports: Vec<Port>,
+    egress: Egress,
+    bufs: Buffers,
+    ready: Vec<Token>,
+    scratch: Vec<Token>,
+    clock: Instant,
+    recv_errors: LogLimiter,
+}
+
+pub(crate) fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        workers,
+        poll,
+        listeners,
+        egress_v4,
+        egress_v6,
+        batch,
+        send_timeout,
+        shutdown,
+    } = setup;
+    let ports: Vec<Port> = listeners
+        .into_iter()
+        .map(|(shared, sock)| {
+            let sessions = shared
+                .session()
+                .map(|cfg| Sessions::new(&shared, cfg, workers));
+            // Stagger the workers' round-robin positions so they do not all start on downstream 0.
+            Port {
+                shared,
+                sock,
+                cursor: id,
+                queued: true,
+                sessions,
+            }
+        })
+        .collect();
+    let mut w = Worker {
+        id,
+        poll,
+        egress: Egress::new(egress_v4, egress_v6, batch, send_timeout),
+        bufs: Buffers {
+            recv: RecvBatch::new(batch, SLOT_SIZE),
+            reply_src: Vec::with_capacity(batch),
+            upstream_sends: Vec::with_capacity(batch * 4),
+            upstream_q: SendQueue::new(batch),
+            reply_q: SendQueue::new(batch),
+            send_timeout,
+        },
+        // Everything starts queued so datagrams that arrived before the first event are read.
+        ready: (0..ports.len()).map(listener_token).collect(),
+        ports,
+        scratch: Vec::new(),
+        clock: Instant::now(),
+        recv_errors: LogLimiter::default(),
+    };
+    tracing::debug!(
+        worker = id,
+        of = workers,
+        listeners = w.ports.len(),
+        "worker started"
+    );
+    w.run(&shutdown);
+    tracing::debug!(worker = id, "worker stopped");
+}
+
+impl Worker {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn run(&mut self, shutdown: &AtomicBool) {
+        let mut events = Events::with_capacity(1024);
+        let has_sessions = self.ports.iter().any(|p| p.sessions.is_some());
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        loop {
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else if has_sessions {
+                Some(next_sweep.saturating_duration_since(Instant::now()))
+            } else {
+                None
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(worker = self.id, error = %e, "poll failed; worker stops");
+                return;
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKE {
+                    self.enqueue(ev.token());
+                }
+            }
+            if shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            if has_sessions && Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+            self.serve_ready();
+        }
+    }
+
+    /// Queues a socket for reading unless it already is.
+    fn enqueue(&mut self, t: Token) {
+        let (li, up) = split_token(t);
+        let Some(port) = self.ports.get_mut(li) else {
+            return;
+        };
+        let flag = match up {
+            None => &mut port.queued,
+            Some(k) => match port.sessions.as_mut().and_then(|s| s.queued_flag(k)) {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        if !*flag {
+            *flag = true;
+            self.ready.push(t);
+        }
+    }
+
+    fn serve_ready(&mut self) {
+        std::mem::swap(&mut self.ready, &mut self.scratch);
+        let mut reply_pending: Option<usize> = None;
+        let tokens = std::mem::take(&mut self.scratch);
+        for &t in &tokens {
+            let (li, up) = split_token(t);
+            // Replies are gathered from several upstream sockets into one batch; process them
+            // before the buffer is used for anything else.
+            if let Some(pl) = reply_pending
+                && (up.is_none() || pl != li)
+            {
+                self.flush_replies(pl);
+                reply_pending = None;
+            }
+            match up {
+                None => self.serve_listener(li),
+                Some(k) => {
+                    if self.gather_replies(li, k) {
+                        reply_pending = Some(li);
+                    }
+                }
+            }
+        }
+        if let Some(pl) = reply_pending {
+            self.flush_replies(pl);
+        }
+        self.scratch = tokens;
+        self.scratch.clear();
+    }
+
+    /// Reads up to a few batches from a listener socket and forwards them.
+    fn serve_listener(&mut self, li: usize) {
+        self.read_listener(li);
+        // The reply path appends to the same batch buffer: leave it empty.
+        self.bufs.recv.clear();
+    }
+
+    fn read_listener(&mut self, li: usize) {
+        let now = self.now_ms();
+        let Worker {
+            id,
+            ports,
+            egress,
+            bufs,
+            recv_errors,
+            ready,
+            ..
+        } = self;
+        let port = &mut ports[li];
+        port.queued = false;
+        for _ in 0..BATCHES_PER_TURN {
+            match bufs.recv.recv(port.sock.as_fd()) {
+                Ok(0) => return,
+                Ok(n) => {
+                    match port.sessions.as_mut() {
+                        None => forward::stateless(
+                            *id,
+                            &port.shared,
+                            &bufs.recv,
+                            &mut port.cursor,
+                            egress,
+                        ),
+                        Some(s) => s.forward(
+                            *id,
+                            li,
+                            &port.shared,
+                            &port.sock,
+                            &mut port.cursor,
+                            bufs,
+                            egress,
+                            &self.poll,
+                            now,
+                        ),
+                    }
+                    if n < bufs.recv.capacity() {
+                        // Edge-triggered epoll reports the next arrival; no need to spend a
+                        // system call finding the socket empty.
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if recv_errors.should_log() {
+                        tracing::warn!(worker = *id, listener = port.shared.name(), error = %e, "receive failed");
+                    }
+                    return;
+                }
+            }
+        }
+        // Still more: read again after the others had their turn.
+        port.queued = true;
+        ready.push(listener_token(li));
+    }
+
+    /// Reads replies from upstream socket `k` of listener `li` into the shared batch. Returns
+    /// true when datagrams are waiting in the batch to be relayed.
+    fn gather_replies(&mut self, li: usize, k: u32) -> bool {
+        let Some(sessions) = self.ports[li].sessions.as_mut() else {
+            return false;
+        };
+        let more = sessions.read_upstream(k, &mut self.bufs, &mut self.recv_errors);
+        if more {
+            // The batch filled up: relay it now and come back to this socket.
+            self.flush_replies(li);
+            if let Some(f) = self.ports[li]
+                .sessions
+                .as_mut()
+                .and_then(|s| s.queued_flag(k))
+            {
+                *f = true;
+                self.ready.push(upstream_token(li, k));
+            }
+            return false;
+        }
+        !self.bufs.recv.is_empty()
+    }
+
+    fn flush_replies(&mut self, li: usize) {
+        let now = self.now_ms();
+        let port = &mut self.ports[li];
+        if let Some(s) = port.sessions.as_mut() {
+            reply::relay(self.id, &port.shared, &port.sock, s, &mut self.bufs, now);
+        }
+        self.bufs.recv.clear();
+        self.bufs.reply_src.clear();
+    }
+
+    fn sweep(&mut self) {
+        let now = self.now_ms();
+        for port in &mut self.ports {
+            if let Some(s) = port.sessions.as_mut() {
+                s.expire(port.shared.stats().slot(self.id), now, SWEEP_BUDGET);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        assert_eq!(split_token(listener_token(3)), (3, None));
+        assert_eq!(split_token(upstream_token(3, 0)), (3, Some(0)));
+        assert_eq!(split_token(upstream_token(0, 70_000)), (0, Some(70_000)));
+        assert_ne!(upstream_token(usize::MAX >> 32, u32::MAX - 1), WAKE);
+    }
+}
