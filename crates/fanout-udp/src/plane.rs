@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use fanout_config::{Config, ListenerConfig, Mode};
 use fanout_core::ListenerSnapshot;
 use mio::unix::SourceFd;
-use mio::{Interest, Poll, Token, Waker};
+use mio::{Interest, Poll, Waker};
 
 use crate::listener::ListenerShared;
 use crate::sys::socket::{self, SocketOptions};
@@ -106,7 +106,7 @@ impl UserspacePlane {
                 poll.registry()
                     .register(
                         &mut SourceFd(&sock.as_raw_fd()),
-                        Token(li),
+                        worker::listener_token(li),
                         Interest::READABLE,
                     )
                     .map_err(setup_err("registering listener socket"))?;

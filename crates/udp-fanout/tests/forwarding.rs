@@ -318,3 +318,26 @@ fn metrics_equal_the_traffic() {
     let (status, body) = d.http_get("/healthz");
     assert!(status.contains("200") && body.contains("ok"));
 }
+
+#[test]
+fn several_listeners_are_all_served() {
+    // Each listener has its own sockets in every worker; all of them must be read.
+    let s = sinks(3, "127.0.0.1", false);
+    let d = Daemon::start(&format!(
+        "listeners:\n\
+         - {{name: a, bind: '127.0.0.1:0', downstreams: ['{}']}}\n\
+         - {{name: b, bind: '127.0.0.1:0', distribution: consistent_hash, downstreams: ['{}']}}\n\
+         - {{name: c, bind: '127.0.0.1:0', distribution: mirror, downstreams: ['{}'], session: {{reply: true}}}}",
+        addr_of(&s[0]),
+        addr_of(&s[1]),
+        addr_of(&s[2])
+    ));
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        send(d.addr(name), 300, 4, &[64]);
+        assert_eq!(
+            s[i].wait_for(300, WAIT).total_datagrams(),
+            300,
+            "listener {name}"
+        );
+    }
+}
