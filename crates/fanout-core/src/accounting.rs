@@ -24,19 +24,17 @@ pub enum DropReason {
     UnknownSource = 5,
     /// A reply arrived for a client that has no session (expired or evicted).
     NoSession = 6,
-    /// The session table was full and no entry could be evicted.
-    SessionTableFull = 7,
     /// The datagram is too large for the destination's address family.
-    TooLarge = 8,
+    TooLarge = 7,
     /// A reply from a mirror's shadow downstream (only the primary's replies are relayed).
-    ShadowReply = 9,
+    ShadowReply = 8,
     /// No upstream socket could be opened for a new session (file descriptor or port limit).
-    NoUpstreamPort = 10,
+    NoUpstreamPort = 9,
 }
 
 impl DropReason {
     /// Number of reasons; counters are arrays of this length.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in `repr` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -47,7 +45,6 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::NoSession,
-        DropReason::SessionTableFull,
         DropReason::TooLarge,
         DropReason::ShadowReply,
         DropReason::NoUpstreamPort,
@@ -63,7 +60,6 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::UnknownSource => "unknown_source",
             DropReason::NoSession => "no_session",
-            DropReason::SessionTableFull => "session_table_full",
             DropReason::TooLarge => "too_large",
             DropReason::ShadowReply => "shadow_reply",
             DropReason::NoUpstreamPort => "no_upstream_port",

@@ -42,17 +42,25 @@ pub(crate) fn raise_nofile(cfg: &Config) {
     if soft >= want {
         return;
     }
-    let target = want.min(hard);
-    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
-        Ok(()) => tracing::info!(
-            from = soft,
-            to = target,
-            upstream_sockets = needed,
-            "raised RLIMIT_NOFILE for session sockets"
-        ),
-        Err(e) => tracing::warn!(error = %e, soft, hard, "could not raise RLIMIT_NOFILE"),
-    }
+    // With CAP_SYS_RESOURCE the hard limit can be raised too; otherwise stay under it.
+    let target = if setrlimit(Resource::RLIMIT_NOFILE, want, want.max(hard)).is_ok() {
+        want
+    } else {
+        let t = want.min(hard);
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, t, hard) {
+            tracing::warn!(error = %e, soft, hard, "could not raise RLIMIT_NOFILE");
+            return;
+        }
+        t
+    };
+    tracing::info!(
+        from = soft,
+        to = target,
+        upstream_sockets = needed,
+        "raised RLIMIT_NOFILE for session sockets"
+    );
     if target < want {
+        let hard = target;
         tracing::warn!(
             hard,
             wanted = want,

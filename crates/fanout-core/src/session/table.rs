@@ -19,12 +19,17 @@ pub type SessionId = u32;
 
 const NIL: u32 = u32::MAX;
 
+/// A session is moved to the front of the recency list at most this often (milliseconds).
+pub const RELINK_MS: u64 = 1_000;
+
 #[derive(Debug)]
 struct Entry<V> {
     key: SocketAddr,
     /// `None` while the slot is free.
     value: Option<V>,
     last_seen: u64,
+    /// When the entry was last moved to the front: the list is ordered by this.
+    linked_at: u64,
     prev: u32,
     next: u32,
 }
@@ -101,8 +106,14 @@ impl<V> SessionTable<V> {
         if !self.is_live(id) {
             return;
         }
-        self.slab[id as usize].last_seen = now;
-        if self.head != id {
+        let e = &mut self.slab[id as usize];
+        e.last_seen = now;
+        // Moving an entry to the front touches its neighbours (cache misses at scale), so a
+        // busy session is moved at most once per RELINK_MS; between moves only its timestamp
+        // changes. The list stays ordered by `linked_at`, and expiry gives entries touched
+        // since their last move a second chance instead of ending them.
+        if self.head != id && now.saturating_sub(e.linked_at) >= RELINK_MS {
+            e.linked_at = now;
             self.unlink(id);
             self.push_front(id);
         }
@@ -139,6 +150,7 @@ impl<V> SessionTable<V> {
             key: client,
             value: Some(value),
             last_seen: now,
+            linked_at: now,
             prev: NIL,
             next: NIL,
         };
@@ -185,24 +197,33 @@ impl<V> SessionTable<V> {
         limit: usize,
         mut on_end: impl FnMut(SessionId, SocketAddr, V),
     ) -> usize {
-        let mut n = 0;
-        while n < limit && self.tail != NIL {
+        let (mut ended, mut steps) = (0, 0);
+        while steps < limit && self.tail != NIL {
+            steps += 1;
             let id = self.tail;
-            if now.saturating_sub(self.slab[id as usize].last_seen) < self.idle_ms {
+            let e = &mut self.slab[id as usize];
+            if now.saturating_sub(e.last_seen) < self.idle_ms {
+                if e.last_seen > e.linked_at {
+                    // Used since it was last moved: move it now and look further.
+                    e.linked_at = e.last_seen;
+                    self.unlink(id);
+                    self.push_front(id);
+                    continue;
+                }
                 break;
             }
             if let Some((k, v)) = self.take(id) {
                 on_end(id, k, v);
+                ended += 1;
             }
-            n += 1;
         }
-        n
+        ended
     }
 
-    /// Milliseconds until the least recently used session expires (`None` if empty).
+    /// A lower bound of the milliseconds until the next session expires (`None` if empty).
     pub fn next_expiry(&self, now: u64) -> Option<u64> {
         let e = self.slab.get(self.tail as usize)?;
-        Some((e.last_seen + self.idle_ms).saturating_sub(now))
+        Some((e.linked_at + self.idle_ms).saturating_sub(now))
     }
 
     /// Every live session, most recently used first.
@@ -284,11 +305,11 @@ mod tests {
 
     #[test]
     fn insert_lookup_and_touch_order() {
-        let mut t = SessionTable::new(10, 1_000);
+        let mut t = SessionTable::new(10, 10_000);
         let (a, _) = t.insert(addr(1), "a", 0);
         let (b, _) = t.insert(addr(2), "b", 0);
-        assert_eq!(t.lookup(&addr(1), 5), Some(a));
-        assert_eq!(t.lookup(&addr(3), 5), None);
+        assert_eq!(t.lookup(&addr(1), RELINK_MS), Some(a));
+        assert_eq!(t.lookup(&addr(3), RELINK_MS), None);
         let order: Vec<_> = t.iter().map(|(id, _, v)| (id, *v)).collect();
         assert_eq!(order, [(a, "a"), (b, "b")], "most recent first");
         assert_eq!(t.get(b), Some((&addr(2), &"b")));
@@ -297,13 +318,13 @@ mod tests {
 
     #[test]
     fn full_table_evicts_the_least_recently_used() {
-        let mut t = SessionTable::new(3, 1_000);
+        let mut t = SessionTable::new(3, 10_000);
         for p in 1..=3 {
             t.insert(addr(p), p, 0);
         }
-        t.lookup(&addr(1), 1); // 2 is now the LRU
+        t.lookup(&addr(1), RELINK_MS); // 2 is now the LRU
         assert!(t.is_full());
-        let (_, evicted) = t.insert(addr(4), 4, 2);
+        let (_, evicted) = t.insert(addr(4), 4, RELINK_MS + 1);
         assert_eq!(evicted, Some((addr(2), 2)));
         assert_eq!(t.len(), 3);
         assert!(t.find(&addr(2)).is_none());
@@ -315,27 +336,38 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire_with_a_fake_clock() {
-        let mut t = SessionTable::new(10, 100);
+        let mut t = SessionTable::new(10, 5_000);
         t.insert(addr(1), 1, 0);
-        t.insert(addr(2), 2, 50);
-        t.insert(addr(3), 3, 60);
-        let id3 = t.find(&addr(3)).unwrap();
-        t.touch(id3, 90);
-        assert_eq!(t.next_expiry(90), Some(10));
+        t.insert(addr(2), 2, 500);
+        t.insert(addr(3), 3, 600);
+        // 1 is touched shortly after it was linked: only its timestamp moves, not its place.
+        let id1 = t.find(&addr(1)).unwrap();
+        t.touch(id1, 900);
+        assert_eq!(t.next_expiry(900), Some(4_100), "a lower bound");
         let mut ended = Vec::new();
         assert_eq!(
-            t.expire(99, 10, |_, k, v| ended.push((k, v))),
+            t.expire(4_999, 10, |_, k, v| ended.push((k, v))),
             0,
-            "nothing idle for 100 ms yet"
+            "nothing idle for 5 s yet"
         );
-        assert_eq!(t.expire(100, 10, |_, k, v| ended.push((k, v))), 1);
-        assert_eq!(ended, [(addr(1), 1)]);
-        // Traffic in either direction refreshes: 2 was touched at 50, 3 at 90.
-        assert_eq!(t.expire(155, 10, |_, k, v| ended.push((k, v))), 1);
-        assert_eq!(t.expire(189, 10, |_, k, v| ended.push((k, v))), 0);
-        assert_eq!(t.expire(190, 10, |_, k, v| ended.push((k, v))), 1);
+        // At 5,000 entry 1 is at the tail but was used at 900: second chance, not expired.
+        assert_eq!(t.expire(5_000, 10, |_, k, v| ended.push((k, v))), 0);
+        assert_eq!(t.expire(5_500, 10, |_, k, v| ended.push((k, v))), 1);
+        assert_eq!(ended, [(addr(2), 2)]);
+        assert_eq!(
+            t.expire(5_600, 10, |_, k, v| ended.push((k, v))),
+            1,
+            "3, idle since 600"
+        );
+        assert_eq!(t.expire(5_899, 10, |_, k, v| ended.push((k, v))), 0);
+        assert_eq!(
+            t.expire(5_900, 10, |_, k, v| ended.push((k, v))),
+            1,
+            "1, idle since 900"
+        );
+        assert_eq!(ended, [(addr(2), 2), (addr(3), 3), (addr(1), 1)]);
         assert!(t.is_empty());
-        assert_eq!(t.next_expiry(200), None);
+        assert_eq!(t.next_expiry(7_000), None);
     }
 
     #[test]
@@ -346,6 +378,14 @@ mod tests {
         }
         assert_eq!(t.expire(100, 64, |_, _, _| {}), 64);
         assert_eq!(t.len(), 436);
+        // A busy session is never expired, however the list is ordered.
+        let busy = t.iter().last().map(|(id, _, _)| id).unwrap();
+        t.touch(busy, 95);
+        assert_eq!(t.expire(100, 1_000, |_, _, _| {}), 435);
+        assert_eq!(t.len(), 1);
+        assert!(t.get(busy).is_some());
+        t.insert(addr(9_999), 1, 100);
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
