@@ -24,6 +24,13 @@ impl Schedule {
     /// empty or all-zero input gives an empty schedule. Cycles longer than [`MAX_CYCLE`] are
     /// scaled down proportionally (weights then hold to within one slot per downstream).
     pub fn new(weights: &[u32]) -> Self {
+        Self::bounded(weights, MAX_CYCLE)
+    }
+
+    /// Like [`new`](Self::new) but with at most `max_len` slots (the kernel plane's map has a
+    /// fixed size): longer cycles are scaled down proportionally, each downstream keeping at
+    /// least one slot.
+    pub fn bounded(weights: &[u32], max_len: usize) -> Self {
         let g = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd);
         if g == 0 {
             return Schedule {
@@ -32,10 +39,11 @@ impl Schedule {
         }
         let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x / g)).collect();
         let total: u64 = w.iter().sum();
-        if total > MAX_CYCLE as u64 {
+        let max_len = max_len.max(weights.len()) as u64;
+        if total > max_len {
             for x in &mut w {
                 if *x > 0 {
-                    *x = (*x * MAX_CYCLE as u64 / total).max(1);
+                    *x = (*x * max_len / total).max(1);
                 }
             }
         }
@@ -106,6 +114,20 @@ mod tests {
         assert_eq!(s.slots(), &[0, 1, 2]);
         let s = Schedule::new(&[4, 4]);
         assert_eq!(s.slots(), &[0, 1], "common factor is divided out");
+    }
+
+    #[test]
+    fn bounded_cycles_keep_proportions() {
+        let s = Schedule::bounded(&[3_000, 1_000, 1], 400);
+        assert!(s.len() <= 400 + 3);
+        let count = |i| s.slots().iter().filter(|&&x| x == i).count();
+        assert!(
+            count(0).abs_diff(3 * count(1)) <= 3,
+            "{} vs 3 x {}",
+            count(0),
+            count(1)
+        );
+        assert_eq!(count(2), 1, "a tiny weight keeps one slot");
     }
 
     #[test]
