@@ -23,6 +23,9 @@ test_deps=(
   "openssl:openssl"
   "socat:socat"
   "nft:nftables"
+  "ping:iputils-ping"
+  "bpftool:bpftool"
+  "setpriv:util-linux"
 )
 
 missing=()
@@ -39,6 +42,8 @@ check() {
 
 check "${build_deps[@]}"
 if [ ! -e /usr/include/libelf.h ]; then missing+=("libelf-dev"); fi
+if [ ! -e /usr/include/bpf/bpf_helpers.h ]; then missing+=("libbpf-dev"); fi
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then missing+=("libclang-dev"); fi
 if [ "$what" = "test" ]; then
   check "${test_deps[@]}"
 fi

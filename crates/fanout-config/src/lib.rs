@@ -14,8 +14,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
-    MetricsConfig, Mode, SessionConfig,
+    Config, DataplaneConfig, DownstreamConfig, Fallback, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
+    MetricsConfig, Mode, SessionConfig, kernel_limits,
 };
 
 /// Parses and validates a configuration from YAML text.

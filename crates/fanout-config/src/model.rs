@@ -20,7 +20,7 @@ pub struct Config {
 }
 
 /// Which data plane serves a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Mode {
     /// Userspace workers (portable, no privileges).
     #[default]
@@ -40,6 +40,26 @@ impl Mode {
             Mode::TcEbpf => "tc_ebpf",
         }
     }
+}
+
+/// What a kernel-plane listener does when its program cannot be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fallback {
+    /// Fail start-up with the reason.
+    #[default]
+    None,
+    /// Serve the listener with the userspace plane instead (logged as a warning).
+    Userspace,
+}
+
+/// Limits of the kernel plane (sizes of its maps; see bpf/include/uf_structs.h).
+pub mod kernel_limits {
+    /// Listeners served by the kernel plane.
+    pub const LISTENERS: usize = 16;
+    /// Downstreams per kernel-plane listener.
+    pub const DOWNSTREAMS: usize = 256;
+    /// Copies per datagram for a kernel-plane mirror.
+    pub const MIRROR: usize = 16;
 }
 
 /// One downstream as configured.
@@ -62,6 +82,8 @@ pub struct ListenerConfig {
     pub mode: Mode,
     /// Network interface for the kernel plane.
     pub interface: Option<String>,
+    /// What to do when the kernel plane cannot attach.
+    pub fallback: Fallback,
     /// How datagrams are spread over downstreams.
     pub distribution: Distribution,
     /// The static downstreams, in file order.

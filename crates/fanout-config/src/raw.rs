@@ -28,6 +28,7 @@ pub(crate) struct RawListener {
     pub bind: Option<Scalar>,
     pub mode: Option<RawMode>,
     pub interface: Option<String>,
+    pub fallback: Option<RawFallback>,
     pub distribution: Option<RawDistribution>,
     pub downstreams: Option<Vec<RawDownstream>>,
     pub session: Option<RawSession>,
@@ -48,6 +49,13 @@ pub(crate) enum RawMode {
     Userspace,
     Xdp,
     TcEbpf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawFallback {
+    None,
+    Userspace,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -8,12 +8,12 @@ use fanout_core::select::Distribution;
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
-    Config, DataplaneConfig, DownstreamConfig, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
-    MetricsConfig, Mode, SessionConfig,
+    Config, DataplaneConfig, DownstreamConfig, Fallback, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
+    MetricsConfig, Mode, SessionConfig, kernel_limits,
 };
 use crate::raw::{
-    RawConfig, RawDataplane, RawDistribution, RawListener, RawMetrics, RawMode, RawSession,
-    RawWorkers, Scalar,
+    RawConfig, RawDataplane, RawDistribution, RawFallback, RawListener, RawMetrics, RawMode,
+    RawSession, RawWorkers, Scalar,
 };
 
 /// Collects errors while walking the raw model.
@@ -63,6 +63,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
 }
 
 fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
+    let kernel_listeners = &mut 0usize;
     let mut out = Vec::with_capacity(raw.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut binds: HashMap<SocketAddr, usize> = HashMap::new();
@@ -110,15 +111,6 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
             RawMode::Xdp => Mode::Xdp,
             RawMode::TcEbpf => Mode::TcEbpf,
         };
-        if mode != Mode::Userspace {
-            errs.add(
-                format!("{p}.mode"),
-                format!(
-                    "mode {} is not available yet in this build (the kernel plane has not landed); use mode: userspace",
-                    mode.as_str()
-                ),
-            );
-        }
         let distribution = match l.distribution.unwrap_or(RawDistribution::RoundRobin) {
             RawDistribution::RoundRobin => Distribution::RoundRobin,
             RawDistribution::ConsistentHash => Distribution::ConsistentHash,
@@ -126,6 +118,33 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
         };
         let downstreams = downstreams(l.downstreams, &p, bind, errs);
         let session = l.session.and_then(|s| session(s, &p, errs));
+        let fallback = match l.fallback {
+            None | Some(RawFallback::None) => Fallback::None,
+            Some(RawFallback::Userspace) => Fallback::Userspace,
+        };
+        if mode == Mode::Userspace {
+            if l.fallback.is_some() {
+                errs.add(
+                    format!("{p}.fallback"),
+                    "only kernel-plane listeners (mode: xdp or tc_ebpf) fall back",
+                );
+            }
+        } else {
+            *kernel_listeners += 1;
+            kernel_rules(
+                &KernelListener {
+                    p: &p,
+                    mode,
+                    bind,
+                    interface: l.interface.as_deref(),
+                    distribution,
+                    downstreams: &downstreams,
+                    session: session.is_some(),
+                    count: *kernel_listeners,
+                },
+                errs,
+            );
+        }
         if let (Some(name), Some(bind)) = (name, bind) {
             out.push(ListenerConfig {
                 name,
@@ -135,10 +154,91 @@ fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
                 distribution,
                 downstreams,
                 session,
+                fallback,
             });
         }
     }
     out
+}
+
+/// What the kernel-plane rules look at.
+struct KernelListener<'a> {
+    p: &'a str,
+    mode: Mode,
+    bind: Option<SocketAddr>,
+    interface: Option<&'a str>,
+    distribution: Distribution,
+    downstreams: &'a [DownstreamConfig],
+    session: bool,
+    /// How many kernel listeners so far, this one included.
+    count: usize,
+}
+
+/// The kernel plane rewrites headers in place and has fixed-size maps: what it cannot do is
+/// rejected here, before anything starts.
+fn kernel_rules(k: &KernelListener<'_>, errs: &mut Errors) {
+    let (p, mode) = (k.p, k.mode.as_str());
+    if k.interface.is_none_or(str::is_empty) {
+        errs.add(
+            format!("{p}.interface"),
+            format!("required with mode: {mode} (the network interface to attach to)"),
+        );
+    }
+    if let Some(b) = k.bind {
+        if b.port() == 0 {
+            errs.add(
+                format!("{p}.bind"),
+                format!("mode: {mode} needs an explicit port"),
+            );
+        }
+        for (j, d) in k.downstreams.iter().enumerate() {
+            if d.addr.is_ipv4() != b.is_ipv4() {
+                errs.add(
+                    format!("{p}.downstreams[{j}]"),
+                    format!("{} is not of the listener's address family; mode: {mode} rewrites headers in place and cannot translate between IPv4 and IPv6", d.addr),
+                );
+            }
+        }
+    }
+    if k.distribution == Distribution::Mirror && k.mode == Mode::Xdp {
+        errs.add(
+            format!("{p}.distribution"),
+            "mirror needs mode: tc_ebpf (XDP cannot copy a packet) or mode: userspace",
+        );
+    }
+    if k.session {
+        errs.add(
+            format!("{p}.session"),
+            format!("sessions and the reply path are served by the userspace plane; use mode: userspace (mode: {mode} keeps no sessions)"),
+        );
+    }
+    if k.downstreams.len() > kernel_limits::DOWNSTREAMS {
+        errs.add(
+            format!("{p}.downstreams"),
+            format!(
+                "mode: {mode} takes at most {} downstreams",
+                kernel_limits::DOWNSTREAMS
+            ),
+        );
+    }
+    if k.distribution == Distribution::Mirror && k.downstreams.len() > kernel_limits::MIRROR {
+        errs.add(
+            format!("{p}.downstreams"),
+            format!(
+                "a kernel mirror copies to at most {} downstreams",
+                kernel_limits::MIRROR
+            ),
+        );
+    }
+    if k.count == kernel_limits::LISTENERS + 1 {
+        errs.add(
+            format!("{p}.mode"),
+            format!(
+                "the kernel plane serves at most {} listeners",
+                kernel_limits::LISTENERS
+            ),
+        );
+    }
 }
 
 fn downstreams(

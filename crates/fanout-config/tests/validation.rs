@@ -154,18 +154,48 @@ fn weights() {
 }
 
 #[test]
-fn kernel_modes_are_not_available_yet() {
+fn kernel_modes() {
+    let c = from_yaml(
+        "listeners: [{name: a, bind: '10.0.0.1:5514', mode: xdp, interface: eth0, downstreams: ['10.0.1.1:5514'], fallback: userspace}]",
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].mode, Mode::Xdp);
+    assert_eq!(c.listeners[0].fallback, fanout_config::Fallback::Userspace);
+    assert!(from_yaml("listeners: [{name: a, bind: '10.0.0.1:5514', mode: tc_ebpf, interface: eth0, distribution: mirror, downstreams: ['10.0.1.1:1', '10.0.1.2:1']}]").is_ok());
     assert_err(
-        "listeners: [{name: a, bind: '127.0.0.1:1', mode: xdp, interface: eth0, downstreams: ['127.0.0.1:2']}]",
-        "listeners[0].mode: mode xdp is not available yet",
+        "listeners: [{name: a, bind: '127.0.0.1:1', mode: xdp, downstreams: ['127.0.0.1:2']}]",
+        "listeners[0].interface: required with mode: xdp",
     );
     assert_err(
-        "listeners: [{name: a, bind: '127.0.0.1:1', mode: tc_ebpf, downstreams: ['127.0.0.1:2']}]",
-        "listeners[0].mode: mode tc_ebpf is not available yet",
+        "listeners: [{name: a, bind: '127.0.0.1:0', mode: tc_ebpf, interface: lo, downstreams: ['127.0.0.1:2']}]",
+        "listeners[0].bind: mode: tc_ebpf needs an explicit port",
     );
     assert_err(
-        "listeners: [{name: a, bind: '127.0.0.1:1', mode: dpdk, downstreams: ['127.0.0.1:2']}]",
+        "listeners: [{name: a, bind: '10.0.0.1:1', mode: xdp, interface: eth0, distribution: mirror, downstreams: ['10.0.1.1:1']}]",
+        "listeners[0].distribution: mirror needs mode: tc_ebpf",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '10.0.0.1:1', mode: xdp, interface: eth0, downstreams: ['[2001:db8::1]:1']}]",
+        "listeners[0].downstreams[0]: [2001:db8::1]:1 is not of the listener's address family",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '10.0.0.1:1', mode: xdp, interface: eth0, downstreams: ['10.0.1.1:1'], session: {reply: true}}]",
+        "listeners[0].session: sessions and the reply path are served by the userspace plane",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '10.0.0.1:1', downstreams: ['10.0.1.1:1'], fallback: userspace}]",
+        "listeners[0].fallback: only kernel-plane listeners",
+    );
+    assert_err(
+        "listeners: [{name: a, bind: '127.0.0.1:1', mode: dpdk, downstreams: ['127.0.0.2:2']}]",
         "listeners[0].mode: unknown variant `dpdk`, expected one of `userspace`, `xdp`, `tc_ebpf`",
+    );
+    let many: Vec<String> = (0..17)
+        .map(|i| format!("{{name: l{i}, bind: '10.0.0.1:{}', mode: xdp, interface: eth0, downstreams: ['10.0.1.1:1']}}", 1000 + i))
+        .collect();
+    assert_err(
+        &format!("listeners: [{}]", many.join(", ")),
+        "listeners[16].mode: the kernel plane serves at most 16 listeners",
     );
 }
 

@@ -160,3 +160,98 @@ impl ListenerSnapshot {
         self.dropped.iter().sum()
     }
 }
+
+/// Merges the snapshots of several data planes: listeners of the same name (a kernel-plane
+/// listener and its userspace slow path) are added up, their downstreams matched by address.
+/// Order follows the first appearance of each listener.
+pub fn merge_snapshots(parts: impl IntoIterator<Item = ListenerSnapshot>) -> Vec<ListenerSnapshot> {
+    let mut out: Vec<ListenerSnapshot> = Vec::new();
+    for s in parts {
+        match out.iter_mut().find(|o| o.name == s.name) {
+            None => out.push(s),
+            Some(o) => add_into(o, s),
+        }
+    }
+    out
+}
+
+fn add_into(o: &mut ListenerSnapshot, s: ListenerSnapshot) {
+    o.received += s.received;
+    o.bytes_received += s.bytes_received;
+    o.forwarded += s.forwarded;
+    o.bytes_forwarded += s.bytes_forwarded;
+    for (a, b) in o.dropped.iter_mut().zip(s.dropped) {
+        *a += b;
+    }
+    for e in s.downstreams {
+        match o.downstreams.iter_mut().find(|x| x.addr == e.addr) {
+            Some(x) => {
+                x.packets += e.packets;
+                x.bytes += e.bytes;
+                x.healthy = x.healthy.or(e.healthy);
+            }
+            None => o.downstreams.push(e),
+        }
+    }
+    o.downstream_active = o.downstream_active.max(s.downstream_active);
+    o.sessions_active = match (o.sessions_active, s.sessions_active) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    o.replies += s.replies;
+    o.replies_received += s.replies_received;
+    for (a, b) in o.replies_dropped.iter_mut().zip(s.replies_dropped) {
+        *a += b;
+    }
+    o.sessions.created += s.sessions.created;
+    o.sessions.expired += s.sessions.expired;
+    o.sessions.evicted += s.sessions.evicted;
+    o.sessions.repinned += s.sessions.repinned;
+    o.socket_drops += s.socket_drops;
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn same_listener_adds_up_and_others_stay() {
+        let ep = |port, packets| EndpointSnapshot {
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
+            packets,
+            bytes: packets * 10,
+            healthy: None,
+        };
+        let a = ListenerSnapshot {
+            name: "l".into(),
+            received: 5,
+            forwarded: 5,
+            downstreams: vec![ep(1, 5)],
+            downstream_active: 2,
+            ..Default::default()
+        };
+        let mut b = ListenerSnapshot {
+            name: "l".into(),
+            received: 2,
+            forwarded: 1,
+            downstreams: vec![ep(1, 1), ep(2, 0)],
+            downstream_active: 2,
+            ..Default::default()
+        };
+        b.dropped[DropReason::Malformed.index()] = 1;
+        let c = ListenerSnapshot {
+            name: "other".into(),
+            received: 9,
+            ..Default::default()
+        };
+        let m = merge_snapshots([a, b, c]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].received, m[0].forwarded, m[0].dropped_total()),
+            (7, 6, 1)
+        );
+        assert_eq!(m[0].downstreams, vec![ep(1, 6), ep(2, 0)]);
+        assert_eq!(m[0].downstream_active, 2);
+        assert_eq!(m[1].received, 9);
+    }
+}

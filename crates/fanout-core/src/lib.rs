@@ -17,6 +17,8 @@ pub mod flow;
 pub mod select;
 pub mod session;
 
-pub use accounting::{DropReason, EndpointSnapshot, ListenerSnapshot, SessionCounts};
+pub use accounting::{
+    DropReason, EndpointSnapshot, ListenerSnapshot, SessionCounts, merge_snapshots,
+};
 pub use flow::{FlowKey, flow_hash};
 pub use select::{BackendSet, Distribution, Endpoint, Pick};

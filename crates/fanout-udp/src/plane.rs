@@ -81,7 +81,10 @@ impl UserspacePlane {
         };
         crate::limits::raise_nofile(cfg);
         let mut listeners = Vec::new();
-        for l in cfg.listeners.iter().filter(|l| l.mode == Mode::Userspace) {
+        // Kernel-plane listeners are served here too, as their slow path: whatever their
+        // program hands to the kernel for local delivery (IP fragments, datagrams sent from
+        // this host itself) reaches these sockets and is forwarded the same way.
+        for l in &cfg.listeners {
             listeners.push(Arc::new(bind_listener(l, workers, &opts)?));
         }
         let need_v4 = cfg
@@ -237,15 +240,24 @@ fn bind_listener(
         pktinfo: l.session.is_some_and(|s| s.reply) && l.bind.ip().is_unspecified(),
         ..*opts
     };
-    socket::probe_free(l.bind).map_err(|e| bind_err(l.bind, e))?;
+    // A kernel-plane listener's address may be routed through this host rather than
+    // configured on it: its slow-path socket binds with IP_FREEBIND.
+    let bind_fn = if l.mode == Mode::Userspace {
+        socket::bind
+    } else {
+        socket::bind_freebind
+    };
+    if l.mode == Mode::Userspace {
+        socket::probe_free(l.bind).map_err(|e| bind_err(l.bind, e))?;
+    }
     let mut sockets = Vec::with_capacity(workers);
-    let (first, sizes) = socket::bind(l.bind, opts).map_err(|e| bind_err(l.bind, e))?;
+    let (first, sizes) = bind_fn(l.bind, opts).map_err(|e| bind_err(l.bind, e))?;
     let local = first
         .local_addr()
         .map_err(setup_err("reading bound address"))?;
     sockets.push(Arc::new(first));
     for _ in 1..workers {
-        let (s, _) = socket::bind(local, opts).map_err(|e| bind_err(local, e))?;
+        let (s, _) = bind_fn(local, opts).map_err(|e| bind_err(local, e))?;
         sockets.push(Arc::new(s));
     }
     if opts.recv_buffer > 0 && sizes.recv < opts.recv_buffer {

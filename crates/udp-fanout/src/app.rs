@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use fanout_config::Config;
+use fanout_config::{Config, Fallback, ListenerConfig, Mode};
 use fanout_control::{Exporter, http};
+use fanout_core::merge_snapshots;
+use fanout_ebpf::plane::KernelPlane;
 use fanout_udp::UserspacePlane;
 use tokio::sync::oneshot;
 
@@ -50,12 +52,16 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         None
     };
     let plane = Arc::new(UserspacePlane::start(&cfg).map_err(|e| StartError(e.to_string()))?);
+    let kernel = start_kernel(&cfg)?.map(Arc::new);
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
-        let source_plane = Arc::clone(&plane);
-        let exporter = Arc::new(Exporter::new(Arc::new(move || source_plane.snapshot())));
+        let (user, kern) = (Arc::clone(&plane), kernel.clone());
+        let exporter = Arc::new(Exporter::new(Arc::new(move || {
+            let k = kern.as_ref().map(|k| k.snapshot()).unwrap_or_default();
+            merge_snapshots(user.snapshot().into_iter().chain(k))
+        })));
         tokio::spawn(http::serve(l, http::router(exporter), async {
             let _ = http_stopped.await;
         }))
@@ -64,6 +70,7 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         version = env!("CARGO_PKG_VERSION"),
         listeners = plane.listeners().len(),
         workers = plane.workers(),
+        kernel_listeners = kernel.as_ref().map_or(0, |k| k.listener_names().len()),
         "udp-fanout ready"
     );
     notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -74,12 +81,44 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    // Detach the kernel programs first: from then on the kernel delivers to the sockets.
+    drop(kernel);
     match Arc::try_unwrap(plane) {
         Ok(p) => p.stop(),
         Err(p) => p.request_stop(),
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the kernel plane for the `xdp`/`tc_ebpf` listeners. When it cannot start and every
+/// such listener has `fallback: userspace`, they stay served by the userspace plane alone (which
+/// already serves them as their slow path) and a warning says why.
+fn start_kernel(cfg: &Config) -> Result<Option<KernelPlane>, StartError> {
+    match KernelPlane::start(cfg) {
+        Ok(k) => {
+            if let Some(k) = &k {
+                for a in k.attachments() {
+                    tracing::info!(interface = %a.interface, how = a.how, "kernel plane active");
+                }
+            }
+            Ok(k)
+        }
+        Err(e) => {
+            let kernel: Vec<&ListenerConfig> = cfg
+                .listeners
+                .iter()
+                .filter(|l| l.mode != Mode::Userspace)
+                .collect();
+            if kernel.iter().all(|l| l.fallback == Fallback::Userspace) {
+                let names: Vec<&str> = kernel.iter().map(|l| l.name.as_str()).collect();
+                tracing::warn!(error = %e, listeners = ?names, "kernel plane unavailable; serving these listeners in userspace (fallback: userspace)");
+                Ok(None)
+            } else {
+                Err(StartError(e.to_string()))
+            }
+        }
+    }
 }
 
 fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {

@@ -71,14 +71,18 @@ fn bad_config_exits_before_binding_anything() {
 }
 
 #[test]
-fn kernel_modes_say_not_available_yet() {
+fn kernel_mode_rules_are_checked() {
     let (_d, path) = write_config(
-        "listeners: [{name: a, bind: '127.0.0.1:0', mode: xdp, interface: lo, downstreams: ['127.0.0.1:9']}]",
+        "listeners: [{name: a, bind: '127.0.0.1:0', mode: xdp, downstreams: ['127.0.0.1:9']}]",
     );
     let (code, _, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("listeners[0].mode: mode xdp is not available yet"),
+        err.contains("listeners[0].interface: required with mode: xdp"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners[0].bind: mode: xdp needs an explicit port"),
         "{err}"
     );
 }

@@ -43,6 +43,22 @@ pub fn probe_free(addr: SocketAddr) -> io::Result<()> {
 
 /// Creates a non-blocking UDP socket bound to `addr`.
 pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> io::Result<(UdpSocket, BufferSizes)> {
+    bind_with(addr, opts, false)
+}
+
+/// Like [`bind`], with IP_FREEBIND: the address need not be configured on this host (yet).
+pub fn bind_freebind(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+) -> io::Result<(UdpSocket, BufferSizes)> {
+    bind_with(addr, opts, true)
+}
+
+fn bind_with(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    freebind: bool,
+) -> io::Result<(UdpSocket, BufferSizes)> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_nonblocking(true)?;
     if addr.is_ipv6() {
@@ -55,6 +71,13 @@ pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> io::Result<(UdpSocket, Bu
     }
     if opts.pktinfo {
         set_pktinfo(&s, addr.is_ipv6())?;
+    }
+    if freebind {
+        if addr.is_ipv6() {
+            s.set_freebind_v6(true)?;
+        } else {
+            s.set_freebind_v4(true)?;
+        }
     }
     let sizes = set_buffers(&s, opts.recv_buffer, opts.send_buffer)?;
     s.bind(&addr.into())?;

@@ -5,6 +5,8 @@
 //! killed and the temporary directory removed when the guard drops, even if the test failed.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +29,8 @@ pub struct Daemon {
     metrics: Option<SocketAddr>,
     log: mpsc::Receiver<String>,
     pub log_lines: Vec<String>,
+    /// The network namespace the daemon runs in, if not ours.
+    netns: Option<String>,
 }
 
 /// Writes `yaml` to a fresh temporary file.
@@ -46,8 +50,29 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 impl Daemon {
     /// Starts the daemon on `yaml` and waits until it reports ready.
     pub fn start(yaml: &str) -> Daemon {
+        Self::start_in(None, yaml)
+    }
+
+    /// Starts the daemon inside network namespace `netns` (when given).
+    pub fn start_in(netns: Option<&str>, yaml: &str) -> Daemon {
+        match Self::try_start_in(netns, yaml) {
+            Ok(d) => d,
+            Err(log) => panic!("udp-fanout did not become ready; log:\n{log}"),
+        }
+    }
+
+    /// Like [`start_in`](Self::start_in); on failure returns the log instead of panicking.
+    pub fn try_start_in(netns: Option<&str>, yaml: &str) -> Result<Daemon, String> {
         let (dir, path) = write_config(yaml);
-        let mut child = Command::new(bin())
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .arg("--log-level")
@@ -73,6 +98,7 @@ impl Daemon {
             metrics: None,
             log: rx,
             log_lines: Vec::new(),
+            netns: netns.map(str::to_string),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -94,13 +120,10 @@ impl Daemon {
                     let ready = line.contains("udp-fanout ready");
                     d.log_lines.push(line);
                     if ready {
-                        return d;
+                        return Ok(d);
                     }
                 }
-                Err(_) => panic!(
-                    "udp-fanout did not become ready; log:\n{}",
-                    d.log_lines.join("\n")
-                ),
+                Err(_) => return Err(d.log_lines.join("\n")),
             }
         }
     }
@@ -120,7 +143,10 @@ impl Daemon {
 
     /// `GET path` on the metrics endpoint; returns (status line, headers+body).
     pub fn http_get(&self, path: &str) -> (String, String) {
-        http_get(self.metrics_addr(), path)
+        match &self.netns {
+            Some(ns) => netns::enter(ns, || http_get(self.metrics_addr(), path)),
+            None => http_get(self.metrics_addr(), path),
+        }
     }
 
     /// The metrics text.
@@ -134,6 +160,13 @@ impl Daemon {
     /// `listener="a",reason="send_error"`), or `None` if absent.
     pub fn metric(&self, name: &str, labels: &str) -> Option<u64> {
         metric_value(&self.scrape(), name, labels)
+    }
+
+    /// The exit status, once the process has exited (reaped here).
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(st)
     }
 
     /// PID of the process.
