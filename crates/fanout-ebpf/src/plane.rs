@@ -135,21 +135,32 @@ impl KernelPlane {
         let attachments = attach_all(&mut ebpf, &kernel)?;
         let state = Arc::new(Mutex::new(state));
         let stop = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
-            watch::spawn(stop, move || {
-                if let Err(e) = lock(&state).maps.clear_nexthops() {
-                    tracing::warn!(error = %e, "clearing the next-hop cache failed");
-                }
-            })
-        };
-        Ok(Some(KernelPlane {
+        let mut plane = KernelPlane {
             _ebpf: ebpf,
             state,
             attachments,
             stop,
-            watcher,
-        }))
+            watcher: None,
+        };
+        plane.watch_routes();
+        Ok(Some(plane))
+    }
+
+    /// Starts (again, if needed) the thread that clears the next-hop cache on route and
+    /// neighbour changes. [`start`](Self::start) calls it; a caller that dropped privileges
+    /// since may call it again so the thread is born with the reduced set.
+    pub fn watch_routes(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            self.stop.store(true, Ordering::Release);
+            let _ = w.join();
+            self.stop.store(false, Ordering::Release);
+        }
+        let (state, stop) = (Arc::clone(&self.state), Arc::clone(&self.stop));
+        self.watcher = watch::spawn(stop, move || {
+            if let Err(e) = lock(&state).maps.clear_nexthops() {
+                tracing::warn!(error = %e, "clearing the next-hop cache failed");
+            }
+        });
     }
 
     /// Where the programs are attached.

@@ -15,4 +15,4 @@ pub mod sys;
 mod worker;
 
 pub use listener::ListenerShared;
-pub use plane::{PlaneError, UserspacePlane, worker_count};
+pub use plane::{BoundPlane, PlaneError, UserspacePlane, worker_count};

@@ -48,6 +48,53 @@ fn setup_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PlaneError {
     move |source| PlaneError::Setup { what, source }
 }
 
+/// A userspace plane with every socket bound, workers not started yet.
+pub struct BoundPlane {
+    listeners: Vec<Arc<ListenerShared>>,
+    setups: Vec<WorkerSetup>,
+    wakers: Vec<Waker>,
+    shutdown: Arc<AtomicBool>,
+    workers: usize,
+}
+
+impl std::fmt::Debug for BoundPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundPlane")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundPlane {
+    /// Starts the worker threads.
+    pub fn run(self) -> Result<UserspacePlane, PlaneError> {
+        let BoundPlane {
+            listeners,
+            setups,
+            wakers,
+            shutdown,
+            workers,
+        } = self;
+        let mut threads = Vec::with_capacity(workers);
+        for s in setups {
+            let name = format!("uf-worker-{}", s.id);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || worker::run(s))
+                    .map_err(setup_err("spawning worker thread"))?,
+            );
+        }
+        Ok(UserspacePlane {
+            listeners,
+            threads,
+            wakers,
+            shutdown,
+            workers,
+        })
+    }
+}
+
 /// The running userspace plane.
 #[derive(Debug)]
 pub struct UserspacePlane {
@@ -72,6 +119,13 @@ pub fn worker_count(cfg: &Config) -> usize {
 impl UserspacePlane {
     /// Binds every userspace listener of `cfg` and starts the workers.
     pub fn start(cfg: &Config) -> Result<Self, PlaneError> {
+        Self::bind(cfg)?.run()
+    }
+
+    /// The first half of [`start`](Self::start): binds every socket and prepares the workers
+    /// without starting them, so that a privileged caller can drop privileges in between and
+    /// the worker threads are born without them.
+    pub fn bind(cfg: &Config) -> Result<BoundPlane, PlaneError> {
         let workers = worker_count(cfg);
         let opts = SocketOptions {
             recv_buffer: cfg.dataplane.recv_buffer,
@@ -153,19 +207,9 @@ impl UserspacePlane {
                 shutdown: Arc::clone(&shutdown),
             });
         }
-        let mut threads = Vec::with_capacity(workers);
-        for s in setups {
-            let name = format!("uf-worker-{}", s.id);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || worker::run(s))
-                    .map_err(setup_err("spawning worker thread"))?,
-            );
-        }
-        Ok(UserspacePlane {
+        Ok(BoundPlane {
             listeners,
-            threads,
+            setups,
             wakers,
             shutdown,
             workers,

@@ -51,8 +51,15 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
     } else {
         None
     };
-    let plane = Arc::new(UserspacePlane::start(&cfg).map_err(|e| StartError(e.to_string()))?);
-    let kernel = start_kernel(&cfg)?.map(Arc::new);
+    let bound = UserspacePlane::bind(&cfg).map_err(|e| StartError(e.to_string()))?;
+    let mut kernel = start_kernel(&cfg)?;
+    // Everything privileged is done: threads started from here on are born without the rest.
+    crate::privileges::drop_unneeded();
+    let plane = Arc::new(bound.run().map_err(|e| StartError(e.to_string()))?);
+    if let Some(k) = kernel.as_mut() {
+        k.watch_routes();
+    }
+    let kernel = kernel.map(Arc::new);
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

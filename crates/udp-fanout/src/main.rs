@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod app;
+mod privileges;
 
 /// UDP load balancer and fan-out proxy.
 ///
