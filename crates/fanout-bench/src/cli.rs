@@ -1,5 +1,6 @@
-//! Command-line interface: `gen` and `sink` subcommands over the library, a short human
-//! summary by default and one JSON object with `--json`.
+//! Command-line interface: `gen`, `sink` and `sessions` subcommands over the library, a short
+//! human summary by default and one JSON object with `--json`. Only argument handling and
+//! printing live here; `sessions` is [`fanout_bench::scenarios::session_scale`].
 //!
 //! JSON goes to stdout as a single object so that scripts can parse it whole; anything meant
 //! for people while a run is in progress (the sink's bound addresses) goes to stderr, where it
@@ -7,16 +8,19 @@
 //! their report, since an interrupted benchmark's numbers are often the ones wanted.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use fanout_bench::addrs::{parse_ip_list, parse_port_range};
 use fanout_bench::generator::{self, GenConfig, GenReport};
+use fanout_bench::scenarios::session_scale::{self, SessionScaleConfig};
 use fanout_bench::sink::{Sink, SinkOptions, SinkReport};
-use fanout_bench::stats::LatencySummary;
+use fanout_bench::stats::{LatencySummary, fmt_ns};
 
 /// Load generator and counting sink for udp-fanout.
 #[derive(Debug, Parser)]
@@ -32,6 +36,8 @@ enum Command {
     Gen(GenArgs),
     /// Receive, verify and count datagrams.
     Sink(SinkArgs),
+    /// Benchmark udp-fanout's session capacity, memory per session and reply throughput.
+    Sessions(SessionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,8 +64,16 @@ struct GenArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Address the source sockets bind to (default: loopback for a loopback target).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bind_ips")]
     bind: Option<IpAddr>,
+    /// Source addresses to spread the flows over, round-robin: a list with ranges, such as
+    /// 127.0.0.1,127.0.0.2 or 127.0.0.1-127.0.0.5.
+    #[arg(long, value_parser = ip_list)]
+    bind_ips: Option<IpList>,
+    /// Explicit source ports (inclusive range such as 10000-30000), taken in order on each
+    /// source address, skipping busy ones; the same settings give the same client addresses.
+    #[arg(long, value_parser = parse_port_range)]
+    bind_ports: Option<(u16, u16)>,
     /// Stream id to stamp (default: random).
     #[arg(long)]
     stream: Option<u32>,
@@ -70,6 +84,57 @@ struct GenArgs {
     #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     reply_grace: Duration,
     /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A parsed `--bind-ips` (a newtype, so that clap takes the list as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IpList(Vec<IpAddr>);
+
+fn ip_list(s: &str) -> Result<IpList, String> {
+    parse_ip_list(s).map(IpList)
+}
+
+#[derive(Debug, Args)]
+struct SessionsArgs {
+    /// The udp-fanout binary (default: the one next to this executable).
+    #[arg(long)]
+    udp_fanout: Option<PathBuf>,
+    /// Client sessions to create.
+    #[arg(long, default_value_t = 100_000)]
+    sessions: u32,
+    /// Echo backends behind udp-fanout.
+    #[arg(long, default_value_t = 8)]
+    downstreams: usize,
+    /// Requests per second while creating the sessions.
+    #[arg(long, default_value_t = 50_000)]
+    fill_rate: u64,
+    /// Length of the throughput phase (500ms, 10s, 1m).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Requests per second in the throughput phase (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    throughput_rate: u64,
+    /// udp-fanout worker threads (dataplane.workers; default: one per core).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// First client address; further ones follow it (127.0.0.2, ...).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    client_ip: Ipv4Addr,
+    /// Client ports on each client address, below the ephemeral range.
+    #[arg(long, value_parser = parse_port_range, default_value = "10000-30000")]
+    client_ports: (u16, u16),
+    /// Most clients per client address.
+    #[arg(long, default_value_t = 18_000)]
+    clients_per_ip: u32,
+    /// Most clients at once (default: as many as RLIMIT_NOFILE allows); more run in groups.
+    #[arg(long)]
+    clients_per_group: Option<u32>,
+    /// Request size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Print one JSON object instead of markdown tables.
     #[arg(long)]
     json: bool,
 }
@@ -107,6 +172,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Gen(a) => run_gen(a, &stop),
         Command::Sink(a) => run_sink(a, &stop),
+        Command::Sessions(a) => run_sessions(a, &stop),
     }
 }
 
@@ -121,6 +187,10 @@ fn run_gen(a: GenArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     if let Some(ip) = a.bind {
         cfg.bind_ip = ip;
     }
+    if let Some(IpList(ips)) = a.bind_ips {
+        cfg.bind_ips = ips;
+    }
+    cfg.bind_ports = a.bind_ports;
     if let Some(s) = a.stream {
         cfg.stream_id = s;
     }
@@ -131,6 +201,32 @@ fn run_gen(a: GenArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", gen_summary(&report, cfg.expect_replies));
+    }
+    Ok(())
+}
+
+fn run_sessions(a: SessionsArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let bin = match a.udp_fanout {
+        Some(p) => p,
+        None => session_scale::default_udp_fanout()?,
+    };
+    let mut cfg = SessionScaleConfig::new(bin);
+    cfg.sessions = a.sessions;
+    cfg.downstreams = a.downstreams;
+    cfg.fill_rate_pps = a.fill_rate;
+    cfg.duration = a.duration;
+    cfg.throughput_rate_pps = a.throughput_rate;
+    cfg.workers = a.workers;
+    cfg.client_ip_base = a.client_ip;
+    cfg.client_ports = a.client_ports;
+    cfg.clients_per_ip = a.clients_per_ip;
+    cfg.max_group = a.clients_per_group;
+    cfg.size = a.size;
+    let report = session_scale::run(&cfg, stop).context("sessions benchmark failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
     }
     Ok(())
 }
@@ -184,15 +280,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         u => return Err(format!("`{s}`: unknown unit `{u}` (ns, us, ms, s, m, h)")),
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{s}`: {e}"))
-}
-
-fn fmt_ns(ns: u64) -> String {
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
-        _ => format!("{:.3} s", ns as f64 / 1e9),
-    }
 }
 
 fn fmt_latency(l: Option<&LatencySummary>) -> String {
@@ -350,10 +437,64 @@ mod tests {
     }
 
     #[test]
-    fn latency_formatting_picks_units() {
-        assert_eq!(fmt_ns(999), "999 ns");
-        assert_eq!(fmt_ns(25_100), "25.1 µs");
-        assert_eq!(fmt_ns(1_500_000), "1.50 ms");
-        assert_eq!(fmt_ns(2_000_000_000), "2.000 s");
+    fn gen_takes_source_address_lists_and_port_ranges() {
+        let c = Cli::try_parse_from([
+            "b",
+            "gen",
+            "--target",
+            "127.0.0.1:9",
+            "--count",
+            "5",
+            "--bind-ips",
+            "127.0.0.1,127.0.0.3-127.0.0.4",
+            "--bind-ports",
+            "10000-30000",
+        ])
+        .unwrap();
+        let Command::Gen(g) = c.command else {
+            panic!("not gen")
+        };
+        let ips: Vec<IpAddr> = ["127.0.0.1", "127.0.0.3", "127.0.0.4"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(g.bind_ips, Some(IpList(ips)));
+        assert_eq!(g.bind_ports, Some((10_000, 30_000)));
+        let bad = ["--bind-ips", "127.0.0.9-127.0.0.1"];
+        let base = ["b", "gen", "--target", "127.0.0.1:9", "--count", "5"];
+        assert!(Cli::try_parse_from(base.iter().chain(&bad)).is_err());
+        let bad = ["--bind-ports", "30000-10000"];
+        assert!(Cli::try_parse_from(base.iter().chain(&bad)).is_err());
+    }
+
+    #[test]
+    fn sessions_has_the_documented_defaults() {
+        let c = Cli::try_parse_from(["b", "sessions"]).unwrap();
+        let Command::Sessions(s) = c.command else {
+            panic!("not sessions")
+        };
+        assert_eq!(s.sessions, 100_000);
+        assert_eq!(s.downstreams, 8);
+        assert_eq!(s.fill_rate, 50_000);
+        assert_eq!(s.duration, Duration::from_secs(10));
+        assert_eq!(s.workers, None);
+        assert_eq!(s.client_ports, (10_000, 30_000));
+        assert!(!s.json);
+        let c = Cli::try_parse_from([
+            "b",
+            "sessions",
+            "--sessions",
+            "2000",
+            "--workers",
+            "1",
+            "--duration",
+            "1s",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Sessions(s) = c.command else {
+            panic!("not sessions")
+        };
+        assert_eq!((s.sessions, s.workers, s.json), (2_000, Some(1), true));
     }
 }

@@ -12,14 +12,21 @@
 //! - [`generator`]: sends at a controlled rate from many source ports, measures echoes.
 //! - [`sink`]: receives on many ports and counts everything per port, source and flow.
 //! - [`stats`]: the report types shared by both sides (flow statistics, latency percentiles).
+//! - [`scenarios`]: benchmarks that run the real `udp-fanout` binary and observe it from
+//!   outside, such as [`scenarios::session_scale`] (session capacity and cost).
+//! - [`addrs`], [`limits`]: source address lists and the open-file limit, for runs that
+//!   simulate very many clients.
 //!
 //! All socket I/O goes through `fanout-udp`'s batched `recvmmsg`/`sendmmsg` layer, so the
 //! bench stresses a proxy with the same batching the proxy itself uses, and this crate needs
 //! no `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod addrs;
 pub mod generator;
+pub mod limits;
 pub mod payload;
+pub mod scenarios;
 pub mod sink;
 pub mod stats;
 

@@ -33,6 +33,16 @@ pub(crate) fn ser_opt_secs<S: serde::Serializer>(
     }
 }
 
+/// A duration in nanoseconds for people: `999 ns`, `25.1 µs`, `1.50 ms`, `2.000 s`.
+pub fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
+}
+
 /// Percentiles of a latency distribution, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LatencySummary {
@@ -54,20 +64,33 @@ pub struct LatencySummary {
     pub max_ns: u64,
 }
 
-/// A latency histogram. Creation of an HDR histogram can fail only for an invalid precision,
-/// which is a constant here; rather than panicking on an impossible error, a histogram that
-/// could not be made records nothing.
-#[derive(Debug, Clone)]
-pub(crate) struct Latency(Option<Histogram<u64>>);
+/// A latency histogram, in nanoseconds. Creation of an HDR histogram can fail only for an
+/// invalid precision, which is a constant here; rather than panicking on an impossible
+/// error, a histogram that could not be made records nothing.
+///
+/// Public so that the results of several runs can be merged ([`Latency::merge`]) into exact
+/// percentiles of the whole, which percentile summaries cannot be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency(Option<Histogram<u64>>);
 
 impl Latency {
-    /// `sigfig` significant decimal digits: 3 for aggregates, 2 for the many per-flow
+    /// `sigfig` significant decimal digits (1..=5): 3 for aggregates, 2 for the many per-flow
     /// histograms, where 1% resolution keeps each at a few KiB.
-    pub(crate) fn new(sigfig: u8) -> Self {
+    pub fn new(sigfig: u8) -> Self {
         Latency(Histogram::new(sigfig).ok())
     }
 
-    pub(crate) fn record(&mut self, ns: u64) {
+    /// Adds the samples of `other`.
+    pub fn merge(&mut self, other: &Latency) {
+        if let (Some(h), Some(o)) = (&mut self.0, &other.0) {
+            // Both grow to fit, so adding can only fail on allocation; the samples are
+            // then lost rather than the run.
+            let _ = h.add(o);
+        }
+    }
+
+    /// Records one sample.
+    pub fn record(&mut self, ns: u64) {
         if let Some(h) = &mut self.0 {
             let ns = ns.min(LATENCY_CLAMP_NS);
             // `record` grows the histogram to fit (it starts tiny, so that flows cost memory
@@ -79,7 +102,8 @@ impl Latency {
         }
     }
 
-    pub(crate) fn summary(&self) -> Option<LatencySummary> {
+    /// Percentiles of everything recorded, `None` when empty.
+    pub fn summary(&self) -> Option<LatencySummary> {
         let h = self.0.as_ref()?;
         if h.is_empty() {
             return None;
@@ -280,6 +304,30 @@ impl FlowTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_histograms_have_the_percentiles_of_the_whole() {
+        let (mut a, mut b) = (Latency::new(3), Latency::new(3));
+        for v in 1..=500 {
+            a.record(v * 1_000);
+        }
+        for v in 501..=1_000 {
+            b.record(v * 1_000);
+        }
+        a.merge(&b);
+        let s = a.summary().unwrap();
+        assert_eq!(s.count, 1_000);
+        assert!((499_000..=501_000).contains(&s.p50_ns), "{s:?}");
+        assert!(s.max_ns >= 1_000_000);
+    }
+
+    #[test]
+    fn latency_formatting_picks_units() {
+        assert_eq!(fmt_ns(999), "999 ns");
+        assert_eq!(fmt_ns(25_100), "25.1 µs");
+        assert_eq!(fmt_ns(1_500_000), "1.50 ms");
+        assert_eq!(fmt_ns(2_000_000_000), "2.000 s");
+    }
 
     #[test]
     fn window_finds_duplicates_and_grows() {

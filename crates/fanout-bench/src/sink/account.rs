@@ -7,8 +7,8 @@
 //! delivered twice; a mirroring test expects every datagram on every port, which shows up as
 //! duplicates in the combined view and as complete flows per port.
 //!
-//! Memory stays bounded whatever arrives: flows beyond [`MAX_FLOWS`] per table are counted
-//! but not tracked, sequence windows are bounded (see `stats::SeqWindow`), and
+//! Memory stays bounded whatever arrives: flows beyond [`MAX_FLOWS`] (or the sink's own
+//! `max_flows`) per table are counted but not tracked, sequence windows are bounded (see `stats::SeqWindow`), and
 //! recorded payloads stop at the configured limit, counting what was not kept.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,19 +23,29 @@ use crate::stats::{
     ser_secs,
 };
 
-/// Most (stream, flow) pairs one table tracks; datagrams of further flows are only counted.
+/// Most (stream, flow) pairs one table tracks by default; datagrams of further flows are only
+/// counted.
 pub const MAX_FLOWS: usize = 1 << 16;
 
 /// Per-(stream, flow) trackers with a cap on their number.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FlowTable {
     map: HashMap<(u32, u32), FlowTracker>,
+    cap: usize,
     untracked: u64,
 }
 
 impl FlowTable {
+    fn new(cap: usize) -> Self {
+        FlowTable {
+            map: HashMap::new(),
+            cap,
+            untracked: 0,
+        }
+    }
+
     fn record(&mut self, h: &Header, size: usize, latency_ns: u64) -> Option<Mark> {
-        let full = self.map.len() >= MAX_FLOWS;
+        let full = self.map.len() >= self.cap;
         let t = match self.map.get_mut(&(h.stream, h.flow)) {
             Some(t) => t,
             None if full => {
@@ -99,7 +109,14 @@ pub(crate) struct Arrival<'a> {
 }
 
 impl SinkState {
-    pub(crate) fn new(addrs: &[SocketAddr], record: bool, record_limit: usize) -> Self {
+    /// State for ports `addrs`; payloads recorded up to `record_limit` bytes if `record`; at
+    /// most `max_flows` flows tracked per table.
+    pub(crate) fn new(
+        addrs: &[SocketAddr],
+        record: bool,
+        record_limit: usize,
+        max_flows: usize,
+    ) -> Self {
         let ports = addrs
             .iter()
             .map(|&local_addr| PortState {
@@ -117,7 +134,7 @@ impl SinkState {
                 first_rx: None,
                 last_rx: None,
                 sources: HashMap::new(),
-                flows: FlowTable::default(),
+                flows: FlowTable::new(max_flows),
                 latency: Latency::new(3),
                 records: Vec::new(),
                 records_dropped: 0,
@@ -125,7 +142,7 @@ impl SinkState {
             .collect();
         SinkState {
             ports,
-            flows: FlowTable::default(),
+            flows: FlowTable::new(max_flows),
             record,
             record_budget: record_limit,
             error: None,
@@ -176,9 +193,11 @@ impl SinkState {
         };
         p.valid += 1;
         let latency = now_ns.saturating_sub(h.ts_ns);
+        // An untracked flow's datagram (`None`) cannot be checked for duplication; its
+        // latency counts all the same, or a sink told to track no flows would have none.
         if matches!(
             p.flows.record(&h, len, latency),
-            Some(Mark::New | Mark::TooOld)
+            Some(Mark::New | Mark::TooOld) | None
         ) {
             p.latency.record(latency);
         }
@@ -278,9 +297,10 @@ pub struct PortReport {
     pub sources: BTreeMap<SocketAddr, u64>,
     /// Per (stream, flow) statistics of the valid datagrams, sorted.
     pub flows: Vec<FlowStats>,
-    /// Valid datagrams of flows beyond [`MAX_FLOWS`], not tracked per flow.
+    /// Valid datagrams of flows beyond the sink's `max_flows`, not tracked per flow.
     pub untracked: u64,
-    /// One-way latency of the distinct valid datagrams.
+    /// One-way latency of the distinct valid datagrams (and of all valid datagrams of
+    /// untracked flows, whose duplicates cannot be told).
     pub latency: Option<LatencySummary>,
     /// With recording on: every received payload, in arrival order, until the memory limit.
     #[serde(skip)]
@@ -300,7 +320,7 @@ pub struct SinkReport {
     /// Per (stream, flow) across all ports: a datagram that reached two ports is a duplicate
     /// here.
     pub flows: Vec<FlowStats>,
-    /// Valid datagrams of flows beyond [`MAX_FLOWS`] across all ports.
+    /// Valid datagrams of flows beyond the sink's `max_flows` across all ports.
     pub untracked: u64,
     /// Why the serving thread stopped early, if it did.
     pub error: Option<String>,
@@ -405,7 +425,7 @@ mod tests {
     #[test]
     fn classifies_and_counts_every_kind_of_datagram() {
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
-        let mut s = SinkState::new(&addrs, false, 0);
+        let mut s = SinkState::new(&addrs, false, 0, MAX_FLOWS);
         let now = payload::now_ns();
         let good = payload::expected(100, 9, 0, 0, now);
         let mut bad = good.clone();
@@ -448,7 +468,7 @@ mod tests {
     fn recording_stops_at_the_limit_and_counts_the_rest() {
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
         let per = 100 + std::mem::size_of::<Vec<u8>>();
-        let mut s = SinkState::new(&addrs, true, per * 3);
+        let mut s = SinkState::new(&addrs, true, per * 3, MAX_FLOWS);
         let d = payload::expected(100, 1, 0, 0, 0);
         for _ in 0..5 {
             s.account(0, arrival(&d), Duration::ZERO, 0);
@@ -460,7 +480,7 @@ mod tests {
 
     #[test]
     fn flows_beyond_the_cap_are_counted_not_tracked() {
-        let mut t = FlowTable::default();
+        let mut t = FlowTable::new(MAX_FLOWS);
         for flow in 0..MAX_FLOWS as u32 + 3 {
             let h = Header {
                 stream: 1,
@@ -476,9 +496,31 @@ mod tests {
     }
 
     #[test]
+    fn a_sink_tracking_no_flows_still_counts_and_times_everything() {
+        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
+        let mut s = SinkState::new(&addrs, false, 0, 0);
+        let src: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        for flow in 0..10 {
+            let mut buf = vec![0u8; 64];
+            payload::encode(&mut buf, 9, flow, 0, payload::now_ns());
+            let a = Arrival {
+                src,
+                data: &buf,
+                truncated: false,
+            };
+            s.account(0, a, Duration::ZERO, payload::now_ns());
+        }
+        let r = s.report(Duration::from_secs(1), &[None]);
+        assert_eq!(r.ports[0].valid, 10);
+        assert!(r.flows.is_empty() && r.ports[0].flows.is_empty());
+        assert_eq!((r.untracked, r.ports[0].untracked), (10, 10));
+        assert_eq!(r.ports[0].latency.map(|l| l.count), Some(10));
+    }
+
+    #[test]
     fn report_serializes_to_json() {
         let addrs: Vec<SocketAddr> = vec!["[::1]:1".parse().unwrap()];
-        let mut s = SinkState::new(&addrs, false, 0);
+        let mut s = SinkState::new(&addrs, false, 0, MAX_FLOWS);
         let d = payload::expected(64, 1, 2, 3, 4);
         s.account(0, arrival(&d), Duration::from_millis(5), 10);
         let v = serde_json::to_value(s.report(Duration::from_secs(2), &[Some(0)])).unwrap();

@@ -53,17 +53,24 @@ pub struct SinkOptions {
     pub recv_buffer: usize,
     /// Most bytes of recorded payloads kept over all ports; the rest is counted only.
     pub record_limit: usize,
+    /// Most flows tracked (loss, duplicates, reordering, per-flow latency) per port and over
+    /// all ports; datagrams of further flows are only counted (`untracked`). Tracking costs a
+    /// few KiB per flow, so a sink facing 100,000 flows whose per-flow accounting nobody reads
+    /// sets this low, even to 0.
+    pub max_flows: usize,
 }
 
 impl Default for SinkOptions {
     /// No echo, no recording (64 MiB limit when turned on), 8 MiB receive buffers: large
-    /// enough that a sink briefly descheduled on a busy two-core machine does not drop.
+    /// enough that a sink briefly descheduled on a busy two-core machine does not drop;
+    /// [`MAX_FLOWS`] flows tracked.
     fn default() -> Self {
         SinkOptions {
             echo: false,
             record: false,
             recv_buffer: 8 << 20,
             record_limit: 64 << 20,
+            max_flows: MAX_FLOWS,
         }
     }
 }
@@ -127,6 +134,7 @@ impl Sink {
                 &self.addrs,
                 self.opts.record,
                 self.opts.record_limit,
+                self.opts.max_flows,
             )),
             socks: self.socks,
             total: AtomicU64::new(0),

@@ -1,0 +1,268 @@
+//! Running the real `udp-fanout` binary for a scenario: spawn it on a generated config, learn
+//! its addresses from its log, scrape its metrics, and stop it.
+//!
+//! Every address in a scenario's config is port 0, so nothing clashes with whatever else runs
+//! on the machine; the daemon logs the ports it got (`listening listener=NAME addr=ADDR`,
+//! `metrics endpoint … addr=ADDR`) before `udp-fanout ready`, and [`Daemon::start`] reads
+//! them from its stderr, as udp-fanout's own integration tests do. A thread keeps reading
+//! stderr for the daemon's whole life (a full pipe would block its logging, and with it the
+//! daemon) and keeps the last lines, which go into any error about the daemon.
+//!
+//! The guard kills the process when dropped, so an error half-way through a scenario leaves
+//! no daemon behind holding ports and memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Log lines kept for error messages.
+const LOG_TAIL: usize = 40;
+
+/// How long a metrics request may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `udp-fanout`. Killed on drop.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    child: Option<Child>,
+    /// Holds the config file for as long as the daemon runs.
+    _dir: tempfile::TempDir,
+    listeners: HashMap<String, SocketAddr>,
+    metrics: Option<SocketAddr>,
+    workers: Option<u32>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Value of ` key=` in a tracing log line (quotes removed).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(line[start..].split_whitespace().next()?.trim_matches('"'))
+}
+
+impl Daemon {
+    /// Writes `yaml` to a temporary file, starts `bin --config FILE`, and waits up to
+    /// `timeout` for it to log `udp-fanout ready`.
+    pub(crate) fn start(bin: &Path, yaml: &str, timeout: Duration) -> anyhow::Result<Daemon> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let path: PathBuf = dir.path().join("udp-fanout.yaml");
+        std::fs::write(&path, yaml).context("writing the config")?;
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&path)
+            .arg("--log-level")
+            .arg("info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("no stderr pipe"))?;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let reader_tail = Arc::clone(&tail);
+        std::thread::Builder::new()
+            .name("udp-fanout-log".into())
+            .spawn(move || read_log(stderr, &reader_tail, &tx))
+            .context("starting the log reader")?;
+        let mut d = Daemon {
+            child: Some(child),
+            _dir: dir,
+            listeners: HashMap::new(),
+            metrics: None,
+            workers: None,
+            tail,
+        };
+        d.wait_ready(&rx, timeout)?;
+        Ok(d)
+    }
+
+    fn wait_ready(&mut self, rx: &mpsc::Receiver<String>, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                self.kill();
+                bail!(
+                    "udp-fanout did not become ready within {timeout:?}; its log:\n{}",
+                    self.log_tail()
+                );
+            };
+            if line.contains(" listening ")
+                && let (Some(name), Some(addr)) = (field(&line, "listener"), field(&line, "addr"))
+            {
+                let addr = addr
+                    .parse()
+                    .with_context(|| format!("listener address in {line:?}"))?;
+                self.listeners.insert(name.to_owned(), addr);
+            }
+            if line.contains("metrics endpoint")
+                && let Some(addr) = field(&line, "addr")
+            {
+                self.metrics = Some(addr.parse().with_context(|| format!("in {line:?}"))?);
+            }
+            if line.contains("udp-fanout ready") {
+                self.workers = field(&line, "workers").and_then(|w| w.parse().ok());
+                return Ok(());
+            }
+        }
+    }
+
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| anyhow!("udp-fanout is not running"))
+    }
+
+    /// Worker threads, as the daemon reported when ready.
+    pub(crate) fn workers(&self) -> Option<u32> {
+        self.workers
+    }
+
+    /// The bound address of listener `name`.
+    pub(crate) fn listener(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        self.listeners
+            .get(name)
+            .copied()
+            .ok_or_else(|| anyhow!("udp-fanout logged no address for listener {name:?}"))
+    }
+
+    /// The last lines of the daemon's log.
+    pub(crate) fn log_tail(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        t.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails, with the end of its log, if the daemon has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        let Some(c) = self.child.as_mut() else {
+            bail!("udp-fanout is not running");
+        };
+        if let Some(st) = c.try_wait().context("checking on udp-fanout")? {
+            self.child = None;
+            bail!("udp-fanout exited ({st}); its log:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// `GET /metrics`: the exposition text.
+    pub(crate) fn scrape(&self) -> anyhow::Result<String> {
+        let addr = self
+            .metrics
+            .ok_or_else(|| anyhow!("udp-fanout logged no metrics endpoint"))?;
+        let (status, body) = http_get(addr, "/metrics")?;
+        if !status.contains(" 200") {
+            bail!("GET http://{addr}/metrics: {status}");
+        }
+        Ok(body)
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit (then kills it); returns the status
+    /// and how long the shutdown took.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> anyhow::Result<(ExitStatus, Duration)> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("udp-fanout is not running"))?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to udp-fanout")?;
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().context("waiting for udp-fanout")? {
+                return Ok((st, t0.elapsed()));
+            }
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("udp-fanout did not exit within {limit:?} of SIGTERM; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads the daemon's stderr to its end: every line into the tail, and to `tx` while
+/// [`Daemon::start`] still listens.
+fn read_log(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<String>) {
+    let mut forward = true;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        {
+            let mut t = tail.lock().unwrap_or_else(PoisonError::into_inner);
+            if t.len() == LOG_TAIL {
+                t.pop_front();
+            }
+            t.push_back(line.clone());
+        }
+        if forward && tx.send(line).is_err() {
+            forward = false;
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns the status line and the body.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    s.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .with_context(|| format!("reading GET {path} from {addr}"))?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_read_from_tracing_lines() {
+        let l = "2026-01-01T00:00:00Z  INFO fanout_udp::plane: listening listener=bench \
+                 addr=127.0.0.1:40000 workers=2";
+        assert_eq!(field(l, "listener"), Some("bench"));
+        assert_eq!(field(l, "addr"), Some("127.0.0.1:40000"));
+        assert_eq!(field(l, "nope"), None);
+        assert_eq!(field("x name=\"a b\"", "name"), Some("a"));
+    }
+
+    #[test]
+    fn a_binary_that_never_gets_ready_is_an_error_with_its_log() {
+        let e = Daemon::start(Path::new("/bin/false"), "", Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("did not become ready"), "{e}");
+        let e = Daemon::start(
+            Path::new("/nonexistent/udp-fanout"),
+            "",
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("starting /nonexistent"), "{e:#}");
+    }
+}
