@@ -165,6 +165,8 @@ pub struct DataplaneConfig {
     pub send_buffer: usize,
     /// How long a worker waits for room in a full send buffer before dropping (`buffer_full`).
     pub send_timeout: Duration,
+    /// Send runs of datagrams to one destination as UDP GSO messages.
+    pub gso: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -175,6 +177,7 @@ impl Default for DataplaneConfig {
             recv_buffer: 8 << 20,
             send_buffer: 8 << 20,
             send_timeout: Duration::from_millis(10),
+            gso: true,
         }
     }
 }

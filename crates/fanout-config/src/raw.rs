@@ -121,6 +121,7 @@ pub(crate) struct RawDataplane {
     pub recv_buffer: Option<ByteSize>,
     pub send_buffer: Option<ByteSize>,
     pub send_timeout_ms: Option<i64>,
+    pub gso: Option<bool>,
 }
 
 /// `workers: 4` or `workers: auto`.

@@ -392,6 +392,9 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
     if let Some(s) = raw.send_buffer {
         d.send_buffer = s.0;
     }
+    if let Some(g) = raw.gso {
+        d.gso = g;
+    }
     if let Some(t) = raw.send_timeout_ms {
         if (0..=10_000).contains(&t) {
             d.send_timeout = Duration::from_millis(t as u64);

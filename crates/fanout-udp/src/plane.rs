@@ -204,6 +204,7 @@ impl UserspacePlane {
                 },
                 batch: cfg.dataplane.batch_size,
                 send_timeout: cfg.dataplane.send_timeout,
+                gso: cfg.dataplane.gso,
                 shutdown: Arc::clone(&shutdown),
             });
         }

@@ -32,6 +32,19 @@ fn ask(c: &UdpSocket, to: SocketAddr, what: &[u8]) {
     assert_eq!((&buf[..n], from), (what, to));
 }
 
+/// Waits until the two sinks together counted `n` datagrams (a sink may answer before its
+/// counter is published).
+fn settle(a: &SinkHandle, b: &SinkHandle, n: u64) {
+    let t0 = std::time::Instant::now();
+    while a.total_datagrams() + b.total_datagrams() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "sinks did not count {n}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn client() -> UdpSocket {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -56,6 +69,7 @@ fn sessions_on_a_removed_downstream_are_repinned() {
     let to = l.local_addr();
     let c = client();
     ask(&c, to, b"one");
+    settle(&a, &b, 1);
     let (first, other) = if a.total_datagrams() == 1 {
         (&a, &b)
     } else {
@@ -65,6 +79,7 @@ fn sessions_on_a_removed_downstream_are_repinned() {
     // Remove the session's downstream.
     l.set_endpoints(vec![Endpoint::new(other.local_addrs()[0])]);
     ask(&c, to, b"two");
+    settle(&a, &b, 2);
     assert_eq!(
         other.total_datagrams(),
         1,
@@ -77,6 +92,7 @@ fn sessions_on_a_removed_downstream_are_repinned() {
     assert_eq!(snap.sessions_active, Some(1));
     // And it stays there.
     ask(&c, to, b"three");
+    settle(&a, &b, 3);
     assert_eq!(other.total_datagrams(), 2);
     plane.stop();
 }
@@ -89,6 +105,7 @@ fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     let to = l.local_addr();
     let c1 = client();
     ask(&c1, to, b"x");
+    settle(&a, &b, 1);
     let (first, other) = if a.total_datagrams() == 1 {
         (&a, &b)
     } else {
@@ -100,6 +117,7 @@ fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     for _ in 0..5 {
         ask(&c1, to, b"x");
     }
+    settle(&a, &b, 6);
     assert_eq!(
         first.total_datagrams(),
         6,
@@ -108,6 +126,7 @@ fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     for _ in 0..5 {
         ask(&client(), to, b"new");
     }
+    settle(&a, &b, 11);
     assert_eq!(other.total_datagrams(), 5, "new sessions go elsewhere");
     assert_eq!(l.snapshot().sessions.repinned, 0);
     plane.stop();

@@ -164,8 +164,8 @@ fn non_sticky_sessions_spread_each_datagram_and_still_answer() {
     let r = request(d.addr("rr"), 1_000, 1);
     assert_eq!((r.replies_received, r.reply_invalid), (1_000, 0), "{r:?}");
     // One client, one worker: its datagrams alternate exactly.
-    assert_eq!(s[0].total_datagrams(), 500);
-    assert_eq!(s[1].total_datagrams(), 500);
+    assert_eq!(s[0].wait_for(500, WAIT).total_datagrams(), 500);
+    assert_eq!(s[1].wait_for(500, WAIT).total_datagrams(), 500);
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //! I/O with its ancillary data, and socket set-up. Every `unsafe` block of the plane lives here,
 //! each with the reason it is sound.
 
-pub mod batch;
 pub mod cmsg;
+pub mod recv;
+pub mod send;
 pub(crate) mod sockaddr;
 pub mod socket;
 
-pub use batch::{Datagram, MAX_DATAGRAM, RecvBatch, SLOT_SIZE, SendQueue, SendResult, Tx};
 pub use cmsg::{RecvInfo, SendOpts};
+pub use recv::{Datagram, MAX_DATAGRAM, RecvBatch, SLOT_SIZE};
+pub use send::{MAX_GSO_SEGMENTS, SendQueue, SendResult, Tx};

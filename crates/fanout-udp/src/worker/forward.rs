@@ -25,8 +25,13 @@ impl Egress {
         v6: Option<UdpSocket>,
         batch: usize,
         timeout: Duration,
+        gso: bool,
     ) -> Self {
-        let q = || SendQueue::new(batch * 2);
+        let q = || {
+            let mut q = SendQueue::new(batch * 2);
+            q.set_gso(gso);
+            q
+        };
         Egress {
             v4: v4.map(|s| (s, q())),
             v6: v6.map(|s| (s, q())),
@@ -77,10 +82,10 @@ impl<'d> EgressTx<'_, 'd> {
             ctx.counters.dropped(DropReason::SendError);
             return;
         };
-        if tx.is_full() {
+        if !tx.push_coalesced(&dst, data, &SendOpts::default(), u64::from(e)) {
             flush(ctx, sock, tx, timeout);
+            tx.push(&dst, data, &SendOpts::default(), u64::from(e));
         }
-        tx.push(&dst, data, &SendOpts::default(), u64::from(e));
     }
 
     /// Sends what is queued.
@@ -119,12 +124,16 @@ pub(crate) fn send_drop_reason(r: SendResult) -> DropReason {
 }
 
 /// Forwards one received batch of a listener without sessions.
+///
+/// Targets are chosen first into `plan` as (endpoint, datagram) pairs, then sent grouped by
+/// endpoint in arrival order, so runs to one downstream leave as GSO messages.
 pub(crate) fn stateless(
     id: usize,
     shared: &ListenerShared,
     recv: &RecvBatch,
     cursor: &mut usize,
     egress: &mut Egress,
+    plan: &mut Vec<(u32, u32)>,
 ) {
     let counters = shared.stats().slot(id);
     let active = shared.backends();
@@ -134,7 +143,7 @@ pub(crate) fn stateless(
         active: &active,
     };
     let set = &active.set;
-    let mut tx = egress.begin();
+    plan.clear();
     for i in 0..recv.len() {
         let Some(d) = recv.get(i) else {
             counters.received(0);
@@ -148,13 +157,14 @@ pub(crate) fn stateless(
         }
         match set.pick(&FlowKey::new(d.src), cursor) {
             Pick::None => counters.dropped(DropReason::NoDownstream),
-            Pick::One(e) => tx.queue(&ctx, e, d.data),
-            Pick::All => {
-                for &e in set.active() {
-                    tx.queue(&ctx, e, d.data);
-                }
-            }
+            Pick::One(e) => plan.push((e, i as u32)),
+            Pick::All => plan.extend(set.active().iter().map(|&e| (e, i as u32))),
         }
+    }
+    plan.sort_unstable();
+    let mut tx = egress.begin();
+    for &(e, i) in plan.iter() {
+        tx.queue(&ctx, e, recv.data(i as usize));
     }
     tx.finish(&ctx);
 }

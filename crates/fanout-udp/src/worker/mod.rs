@@ -69,6 +69,7 @@ pub(crate) struct WorkerSetup {
     pub egress_v6: Option<UdpSocket>,
     pub batch: usize,
     pub send_timeout: Duration,
+    pub gso: bool,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -102,6 +103,8 @@ pub(crate) struct Buffers {
     pub reply_src: Vec<u32>,
     /// Sends to upstream sockets: (socket, endpoint index, datagram index in `recv`).
     pub upstream_sends: Vec<(u32, u32, u32)>,
+    /// Sends without sessions: (endpoint index, datagram index in `recv`).
+    pub plan: Vec<(u32, u32)>,
     pub upstream_q: SendQueue,
     pub reply_q: SendQueue,
     pub send_timeout: Duration,
@@ -119,6 +122,12 @@ struct Worker {
     recv_errors: LogLimiter,
 }
 
+fn queue(batch: usize, gso: bool) -> SendQueue {
+    let mut q = SendQueue::new(batch);
+    q.set_gso(gso);
+    q
+}
+
 pub(crate) fn run(setup: WorkerSetup) {
     let WorkerSetup {
         id,
@@ -129,6 +138,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         egress_v6,
         batch,
         send_timeout,
+        gso,
         shutdown,
     } = setup;
     let ports: Vec<Port> = listeners
@@ -150,13 +160,14 @@ pub(crate) fn run(setup: WorkerSetup) {
     let mut w = Worker {
         id,
         poll,
-        egress: Egress::new(egress_v4, egress_v6, batch, send_timeout),
+        egress: Egress::new(egress_v4, egress_v6, batch, send_timeout, gso),
         bufs: Buffers {
             recv: RecvBatch::new(batch, SLOT_SIZE),
             reply_src: Vec::with_capacity(batch),
             upstream_sends: Vec::with_capacity(batch * 4),
-            upstream_q: SendQueue::new(batch),
-            reply_q: SendQueue::new(batch),
+            plan: Vec::with_capacity(batch * 4),
+            upstream_q: queue(batch, gso),
+            reply_q: queue(batch, gso),
             send_timeout,
         },
         // Everything starts queued so datagrams that arrived before the first event are read.
@@ -296,6 +307,7 @@ impl Worker {
                             &bufs.recv,
                             &mut port.cursor,
                             egress,
+                            &mut bufs.plan,
                         ),
                         Some(s) => s.forward(
                             *id,

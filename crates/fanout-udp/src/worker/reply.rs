@@ -55,18 +55,14 @@ pub(crate) fn relay(
             counters.reply_dropped(DropReason::NoSession);
             continue;
         };
-        if tx.is_full() {
+        let opts = SendOpts {
+            src_ip: local_ip,
+            gso_segment: None,
+        };
+        if !tx.push_coalesced(&client, d.data, &opts, 0) {
             send(counters, listener, &mut tx, timeout);
+            tx.push(&client, d.data, &opts, 0);
         }
-        tx.push(
-            &client,
-            d.data,
-            &SendOpts {
-                src_ip: local_ip,
-                gso_segment: None,
-            },
-            0,
-        );
     }
     send(counters, listener, &mut tx, timeout);
 }

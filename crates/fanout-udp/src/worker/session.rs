@@ -196,9 +196,9 @@ impl Sessions {
         if bufs.upstream_sends.is_empty() {
             return;
         }
-        // Group by socket, keeping each client's datagrams in arrival order.
-        bufs.upstream_sends
-            .sort_unstable_by_key(|&(k, _, i)| (k, i));
+        // Group by socket, then downstream (so runs leave as GSO messages), keeping each
+        // client's datagrams in arrival order.
+        bufs.upstream_sends.sort_unstable();
         let endpoints = ctx.active.set.endpoints();
         let dual = self.dual_stack == Some(true);
         let timeout = bufs.send_timeout;
@@ -223,10 +223,10 @@ impl Sessions {
                     continue;
                 };
                 let dst = if dual { mapped(ep.addr) } else { ep.addr };
-                if tx.is_full() {
+                if !tx.push_coalesced(&dst, d.data, &SendOpts::default(), u64::from(e)) {
                     flush(ctx, &up.sock, &mut tx, timeout);
+                    tx.push(&dst, d.data, &SendOpts::default(), u64::from(e));
                 }
-                tx.push(&dst, d.data, &SendOpts::default(), u64::from(e));
             }
             flush(ctx, &up.sock, &mut tx, timeout);
             start = end;

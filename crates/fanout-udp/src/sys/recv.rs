@@ -1,0 +1,257 @@
+//! Batched receiving: `recvmmsg` into preallocated slots.
+//!
+//! All memory (datagram slots, iovecs, addresses, control buffers, message headers) is
+//! allocated once per worker; a batch costs one system call and no allocation. Several sockets
+//! may fill one batch ([`RecvBatch::recv_append`]) so that their datagrams are processed and
+//! answered together.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::cmsg::{self, CmsgBuf, RecvInfo};
+use super::sockaddr;
+
+/// Largest UDP payload over IPv6 without jumbograms (IPv4's limit is 65,507).
+pub const MAX_DATAGRAM: usize = 65_527;
+
+/// Receive slot size: one byte more than the largest datagram, so a datagram that fills the
+/// slot exactly can only be a truncated one (and MSG_TRUNC says so as well).
+pub const SLOT_SIZE: usize = MAX_DATAGRAM + 1;
+
+/// One received datagram (or, with UDP GRO, several same-sized ones coalesced).
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    /// The payload.
+    pub data: &'a [u8],
+    /// Who sent it.
+    pub src: SocketAddr,
+    /// Control-message information (destination address, GRO segment size).
+    pub info: RecvInfo,
+    /// The kernel cut it short: it did not fit the slot.
+    pub truncated: bool,
+}
+
+/// Preallocated state for `recvmmsg`.
+pub struct RecvBatch {
+    slot_size: usize,
+    bufs: Box<[u8]>,
+    iovs: Box<[libc::iovec]>,
+    names: Box<[libc::sockaddr_storage]>,
+    ctrl: Box<[CmsgBuf]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    len: usize,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into buffers owned by this
+// same struct (they are rewritten before each system call), so moving the struct to another
+// thread moves everything they refer to with it.
+unsafe impl Send for RecvBatch {}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("capacity", &self.hdrs.len())
+            .field("slot_size", &self.slot_size)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl RecvBatch {
+    /// Room for `capacity` datagrams of up to `slot_size` bytes each.
+    pub fn new(capacity: usize, slot_size: usize) -> Self {
+        let capacity = capacity.max(1);
+        RecvBatch {
+            slot_size,
+            bufs: vec![0u8; capacity * slot_size].into_boxed_slice(),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                capacity
+            ]
+            .into_boxed_slice(),
+            names: vec![sockaddr::zeroed(); capacity].into_boxed_slice(),
+            ctrl: vec![CmsgBuf::ZERO; capacity].into_boxed_slice(),
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+            hdrs: vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; capacity].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// How many datagrams one call can return.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Receives up to `capacity` datagrams without blocking. Returns how many arrived; 0 means
+    /// the socket had nothing (EAGAIN).
+    pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.len = 0;
+        self.recv_append(fd)
+    }
+
+    /// Receives into the slots after the datagrams already held, keeping those: several
+    /// sockets with a few datagrams each fill one batch, which is then processed (and answered
+    /// with one `sendmmsg`) together. Returns how many arrived; 0 when the socket had nothing
+    /// or the batch is already full.
+    pub fn recv_append(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let start = self.len;
+        let room = self.hdrs.len() - start;
+        if room == 0 {
+            return Ok(0);
+        }
+        let base = self.bufs.as_mut_ptr();
+        for i in start..self.hdrs.len() {
+            // SAFETY: i * slot_size + slot_size <= bufs.len() by construction.
+            self.iovs[i].iov_base = unsafe { base.add(i * self.slot_size) }.cast();
+            self.iovs[i].iov_len = self.slot_size;
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
+            h.msg_controllen = cmsg::CMSG_BUF_LEN as _;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        loop {
+            // SAFETY: headers start.. point at buffers owned by self that stay alive and
+            // unaliased for the call; the count stays within the array.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd.as_raw_fd(),
+                    self.hdrs.as_mut_ptr().add(start),
+                    room as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                self.len = start + rc as usize;
+                return Ok(rc as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Forgets the datagrams held.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// True when no slot is free.
+    pub fn is_full(&self) -> bool {
+        self.len == self.hdrs.len()
+    }
+
+    /// Number of datagrams from the last [`recv`](Self::recv).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if the last receive returned nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The payload of the `i`-th datagram (empty if out of range): cheaper than
+    /// [`get`](Self::get) when the address is not needed.
+    #[inline]
+    pub fn data(&self, i: usize) -> &[u8] {
+        if i >= self.len {
+            return &[];
+        }
+        let len = (self.hdrs[i].msg_len as usize).min(self.slot_size);
+        let start = i * self.slot_size;
+        &self.bufs[start..start + len]
+    }
+
+    /// The `i`-th datagram of the last receive. `None` if `i` is out of range or the kernel
+    /// reported a source address that is not IPv4/IPv6.
+    pub fn get(&self, i: usize) -> Option<Datagram<'_>> {
+        if i >= self.len {
+            return None;
+        }
+        let h = &self.hdrs[i];
+        let src = sockaddr::read(&self.names[i], h.msg_hdr.msg_namelen)?;
+        let len = (h.msg_len as usize).min(self.slot_size);
+        let start = i * self.slot_size;
+        // SAFETY: the header's control pointer/length were set by us and updated by the kernel
+        // for this message.
+        let info = unsafe { cmsg::parse(&h.msg_hdr) };
+        Some(Datagram {
+            data: &self.bufs[start..start + len],
+            src,
+            info,
+            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len >= self.slot_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn append_fills_one_batch_from_several_sockets() {
+        let (a, b) = pair();
+        let (_c, d) = pair();
+        a.send_to(b"one", b.local_addr().unwrap()).unwrap();
+        a.send_to(b"two", d.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rb = RecvBatch::new(4, 64);
+        assert_eq!(rb.recv_append(b.as_fd()).unwrap(), 1);
+        assert_eq!(rb.recv_append(d.as_fd()).unwrap(), 1);
+        assert_eq!(rb.len(), 2);
+        assert_eq!(rb.get(0).unwrap().data, b"one");
+        assert_eq!(rb.get(1).unwrap().data, b"two");
+        rb.clear();
+        assert!(rb.is_empty());
+    }
+
+    #[test]
+    fn empty_socket_receives_zero() {
+        let (_a, b) = pair();
+        let mut rb = RecvBatch::new(4, 2048);
+        assert_eq!(rb.recv(b.as_fd()).unwrap(), 0);
+        assert!(rb.get(0).is_none());
+    }
+
+    #[test]
+    fn small_slot_reports_truncation() {
+        let (a, b) = pair();
+        a.send_to(&[1u8; 100], b.local_addr().unwrap()).unwrap();
+        let mut rb = RecvBatch::new(4, 64);
+        let mut n = 0;
+        for _ in 0..100 {
+            n = rb.recv(b.as_fd()).unwrap();
+            if n > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(n, 1);
+        assert!(rb.get(0).unwrap().truncated);
+    }
+}
