@@ -167,6 +167,8 @@ pub struct DataplaneConfig {
     pub send_timeout: Duration,
     /// Send runs of datagrams to one destination as UDP GSO messages.
     pub gso: bool,
+    /// Keep polling this long after traffic before sleeping (0 = off).
+    pub busy_poll: Duration,
 }
 
 impl Default for DataplaneConfig {
@@ -178,6 +180,7 @@ impl Default for DataplaneConfig {
             send_buffer: 8 << 20,
             send_timeout: Duration::from_millis(10),
             gso: true,
+            busy_poll: Duration::ZERO,
         }
     }
 }

@@ -392,6 +392,16 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
     if let Some(s) = raw.send_buffer {
         d.send_buffer = s.0;
     }
+    if let Some(b) = raw.busy_poll_us {
+        if (0..=1_000_000).contains(&b) {
+            d.busy_poll = Duration::from_micros(b as u64);
+        } else {
+            errs.add(
+                "dataplane.busy_poll_us",
+                format!("{b} is invalid: use 0..=1000000"),
+            );
+        }
+    }
     if let Some(g) = raw.gso {
         d.gso = g;
     }

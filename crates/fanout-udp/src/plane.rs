@@ -205,6 +205,7 @@ impl UserspacePlane {
                 batch: cfg.dataplane.batch_size,
                 send_timeout: cfg.dataplane.send_timeout,
                 gso: cfg.dataplane.gso,
+                busy_poll: cfg.dataplane.busy_poll,
                 shutdown: Arc::clone(&shutdown),
             });
         }

@@ -70,6 +70,7 @@ pub(crate) struct WorkerSetup {
     pub batch: usize,
     pub send_timeout: Duration,
     pub gso: bool,
+    pub busy_poll: Duration,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -120,6 +121,7 @@ struct Worker {
     scratch: Vec<Token>,
     clock: Instant,
     recv_errors: LogLimiter,
+    busy_poll: Duration,
 }
 
 fn queue(batch: usize, gso: bool) -> SendQueue {
@@ -139,6 +141,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         batch,
         send_timeout,
         gso,
+        busy_poll,
         shutdown,
     } = setup;
     let ports: Vec<Port> = listeners
@@ -176,6 +179,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         scratch: Vec::new(),
         clock: Instant::now(),
         recv_errors: LogLimiter::default(),
+        busy_poll,
     };
     tracing::debug!(
         worker = id,
@@ -196,8 +200,14 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let has_sessions = self.ports.iter().any(|p| p.sessions.is_some());
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        let mut last_busy = Instant::now();
         loop {
             let timeout = if !self.ready.is_empty() {
+                last_busy = Instant::now();
+                Some(Duration::ZERO)
+            } else if !self.busy_poll.is_zero() && last_busy.elapsed() < self.busy_poll {
+                // Busy polling: keep asking for a while after traffic instead of sleeping, so
+                // the next datagram does not pay a wake-up.
                 Some(Duration::ZERO)
             } else if has_sessions {
                 Some(next_sweep.saturating_duration_since(Instant::now()))
