@@ -19,6 +19,14 @@ struct {
 	__type(value, struct uf_listener);
 } uf_listeners SEC(".maps");
 
+/* Per (port, family): none / the one listener / several (then uf_listeners decides). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, UF_PORT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct uf_port);
+} uf_ports SEC(".maps");
+
 /* The live bank (0 or 1) of each listener, flipped by the loader after writing the other. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -71,6 +71,10 @@ enum uf_global_flags {
 	UF_G_NO_FIB = 1 << 0,
 	/* Do not use or fill the next-hop cache (always bpf_fib_lookup). */
 	UF_G_NO_NEXTHOP_CACHE = 1 << 1,
+	/* Do not decrement TTL / hop limit (benchmarks only): BPF_PROG_TEST_RUN repeats run on
+	 * the previous repeat's output, so with a decrement every repeat would see a smaller TTL
+	 * and after ~250 of them take the TTL-expired path instead of the one being measured. */
+	UF_G_KEEP_TTL = 1 << 2,
 };
 
 /* uf_listeners key: the address and UDP port datagrams are sent to. */
@@ -85,6 +89,28 @@ struct uf_listener_key {
 struct uf_listener {
 	__u32 id; /* index into the per-listener maps, < UF_MAX_LISTENERS */
 	__u32 distribution; /* enum uf_distribution */
+};
+
+/* uf_ports: the listener lookup's fast path, one entry per (UDP port, family), index
+ * port * 2 + (family == 6 ? 1 : 0), port in host order. An array lookup is inlined by the
+ * verifier, a hash lookup is a call (~25-35 ns on the reference VM, more than the whole
+ * decision and rewrite): with it the common cases, "no listener on this port" (any UDP traffic
+ * for someone else) and "one listener on this port", need no hash lookup. */
+#define UF_PORT_SLOTS (65536 * 2)
+
+enum uf_port_state {
+	UF_PORT_NONE = 0, /* no listener on this port and family: not ours */
+	UF_PORT_ONE = 1, /* exactly one: addr, id, distribution below */
+	UF_PORT_MANY = 2, /* several (different addresses): look uf_listeners up */
+};
+
+/* uf_ports value, written by the loader whenever a listener is added or removed. */
+struct uf_port {
+	__u32 addr[4]; /* UF_PORT_ONE: the listener's address (all zero: unspecified, matches any) */
+	__u32 id; /* UF_PORT_ONE: as uf_listener.id */
+	__u32 distribution; /* UF_PORT_ONE: as uf_listener.distribution */
+	__u32 state; /* enum uf_port_state */
+	__u32 pad;
 };
 
 /* uf_banks value, index id * UF_BANKS + bank: one version of a listener's downstream set. */

@@ -20,6 +20,8 @@ unsafe impl aya::Pod for uf_listener_key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for uf_listener {}
 // SAFETY: as above.
+unsafe impl aya::Pod for uf_port {}
+// SAFETY: as above.
 unsafe impl aya::Pod for uf_bank {}
 // SAFETY: as above.
 unsafe impl aya::Pod for uf_backend {}

@@ -63,6 +63,7 @@ pub struct ListenerCounters {
 /// The maps of one loaded object.
 pub struct KernelMaps {
     listeners: HashMap<MapData, uf_listener_key, uf_listener>,
+    ports: Array<MapData, uf_port>,
     active: Array<MapData, u32>,
     banks: Array<MapData, uf_bank>,
     backends: Array<MapData, uf_backend>,
@@ -136,6 +137,7 @@ impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(KernelMaps {
             listeners: take!(ebpf, "uf_listeners"),
+            ports: take!(ebpf, "uf_ports"),
             active: take!(ebpf, "uf_active"),
             banks: take!(ebpf, "uf_banks"),
             backends: take!(ebpf, "uf_backends"),
@@ -166,7 +168,8 @@ impl KernelMaps {
     }
 
     /// Registers listener `id` for datagrams to `addr` (an unspecified address matches any
-    /// destination address with that port). Write its set first with [`write_set`].
+    /// destination address with that port). Write its set first with [`write_set`]. Also
+    /// rewrites the port's `uf_ports` entry, the programs' lookup fast path.
     ///
     /// [`write_set`]: Self::write_set
     pub fn add_listener(
@@ -180,17 +183,45 @@ impl KernelMaps {
             id,
             distribution: dist_code(distribution),
         };
+        let key = listener_key(addr);
         self.listeners
-            .insert(listener_key(addr), v, 0)
-            .map_err(err("uf_listeners"))
+            .insert(key, v, 0)
+            .map_err(err("uf_listeners"))?;
+        self.sync_port(key.port, key.family)
     }
 
-    /// Unregisters the listener on `addr`.
+    /// Unregisters the listener on `addr` (and updates its port's `uf_ports` entry).
     pub fn remove_listener(&mut self, addr: SocketAddr) -> Result<(), MapsError> {
-        match self.listeners.remove(&listener_key(addr)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(err("uf_listeners")(e)),
+        let key = listener_key(addr);
+        match self.listeners.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(err("uf_listeners")(e)),
         }
+        self.sync_port(key.port, key.family)
+    }
+
+    /// Rewrites the `uf_ports` entry of (`port`, `family`) from `uf_listeners`: none, the one
+    /// listener (so the programs need no hash lookup), or "several" (they look it up).
+    fn sync_port(&mut self, port: u16, family: u8) -> Result<(), MapsError> {
+        let same: Vec<(uf_listener_key, uf_listener)> = self
+            .listeners
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.port == port && k.family == family)
+            .collect();
+        let mut entry = uf_port::default();
+        match same.as_slice() {
+            [] => entry.state = UF_PORT_NONE,
+            [(k, v)] => {
+                entry.state = UF_PORT_ONE;
+                entry.addr = k.addr;
+                entry.id = v.id;
+                entry.distribution = v.distribution;
+            }
+            _ => entry.state = UF_PORT_MANY,
+        }
+        let index = u32::from(u16::from_be(port)) * 2 + u32::from(family == 6);
+        self.ports.set(index, entry, 0).map_err(err("uf_ports"))
     }
 
     /// Writes `set` as listener `id`'s downstreams (into the idle bank, then flips to it).
@@ -406,6 +437,7 @@ mod tests {
         // Sizes are the sums of their fields: a hole would differ between compilers.
         assert_eq!(std::mem::size_of::<uf_listener_key>(), 16 + 2 + 1 + 1);
         assert_eq!(std::mem::size_of::<uf_listener>(), 8);
+        assert_eq!(std::mem::size_of::<uf_port>(), 32);
         assert_eq!(
             std::mem::size_of::<uf_bank>(),
             16 + 2 * UF_MAX_MIRROR as usize
