@@ -100,7 +100,7 @@ fn round_robin(mode: &str) {
     let s = sinks(&t);
     let d = Daemon::start_in(Some(&t.lb.name), &config(&t, mode, "round_robin", 3));
     t.warm_neighbours();
-    let r = send(&t, 3_000, 1, &[0, 64, 1_400, 8_000], 20_000);
+    let r = send(&t, 3_000, 1, &[0, 64, 512, 1_400], 20_000);
     assert!(
         eventually(WAIT, || total(&s) == 3_000),
         "delivered {} of 3000",
@@ -210,8 +210,10 @@ fn tc_mirror_copies_every_datagram_to_every_backend() {
     for x in &s {
         let rep = x.wait_for(2_000, WAIT);
         assert_eq!(rep.total_datagrams(), 2_000);
-        assert_eq!(rep.total_unique(), 2_000);
-        assert_eq!(rep.total_corrupt(), 0);
+        // Empty datagrams carry no sequence number: 667 of the 2000 (every third) are counted
+        // as short, the other 1333 must each arrive exactly once.
+        assert_eq!((rep.total_short(), rep.total_unique()), (667, 1_333));
+        assert_eq!((rep.total_corrupt(), rep.total_duplicates()), (0, 0));
     }
     assert_client_source(&t, &s);
     assert!(eventually(WAIT, || metric(
@@ -239,6 +241,8 @@ fn live_change(mode: &str) {
         let h = sc.spawn(|| send(&t, 20_000, 8, &[200], 20_000));
         std::thread::sleep(Duration::from_millis(300));
         plane.set_endpoints("k", vec![ep(1), ep(2)]).unwrap();
+        // Let datagrams already on their way to backend 0 land and be counted.
+        std::thread::sleep(Duration::from_millis(50));
         let before = s[0].total_datagrams();
         std::thread::sleep(Duration::from_millis(300));
         let during = s[0].total_datagrams();
@@ -254,7 +258,7 @@ fn live_change(mode: &str) {
         r.sent
     );
     assert!(
-        during - before <= 5,
+        during == before,
         "backend 0 kept getting traffic after removal: {before} -> {during}"
     );
     assert!(
