@@ -469,3 +469,41 @@ fn privileges_are_dropped_after_attach_in_every_thread() {
     }
     assert!(threads >= 3, "main, workers, route watcher");
 }
+
+#[test]
+fn next_hop_cache_follows_a_neighbour_change_at_once() {
+    if !privileged_or_skip("next-hop cache invalidation") {
+        return;
+    }
+    // The programs cache each downstream's next hop (MAC addresses) for 5 s; a neighbour change
+    // must take effect immediately (udp-fanout clears the cache on rtnetlink events), or every
+    // datagram would go to the old MAC address and be dropped by the backend.
+    let t = Topology::new(1);
+    let s = sinks(&t);
+    let _d = Daemon::start_in(Some(&t.lb.name), &config(&t, "xdp", "round_robin", 1));
+    t.warm_neighbours();
+    send(&t, 500, 4, &[100], 10_000);
+    assert_eq!(s[0].wait_for(500, WAIT).total_datagrams(), 500);
+    // The backend changes its MAC address; the load balancer learns it (as ARP would tell it).
+    let bif = &t.backend_ifs[0];
+    t.backends[0].ip(&["link", "set", "dev", bif, "address", "02:00:00:00:ab:cd"]);
+    t.lb.ip(&[
+        "neigh",
+        "replace",
+        &t.backend_ips[0],
+        "lladdr",
+        "02:00:00:00:ab:cd",
+        "dev",
+        &t.lb_backend_ifs[0],
+        "nud",
+        "reachable",
+    ]);
+    std::thread::sleep(Duration::from_millis(100));
+    send(&t, 500, 4, &[100], 10_000);
+    assert_eq!(
+        s[0].wait_for(1_000, WAIT).total_datagrams(),
+        1_000,
+        "datagrams went to the old next hop"
+    );
+    assert_client_source(&t, &s);
+}

@@ -119,6 +119,8 @@ pub struct Topology {
     pub client_if: String,
     /// LB interfaces facing each backend.
     pub lb_backend_ifs: Vec<String>,
+    /// Each backend's interface.
+    pub backend_ifs: Vec<String>,
 }
 
 impl Topology {
@@ -160,6 +162,7 @@ impl Topology {
         let mut bs = Vec::new();
         let mut ips = Vec::new();
         let mut lb_ifs = Vec::new();
+        let mut b_ifs = Vec::new();
         for k in 0..backends {
             let b = Netns::new(format!("ufb{tag}{k}"));
             let (bif, lif) = (format!("ub{tag}{k}"), format!("ux{tag}{k}"));
@@ -181,6 +184,7 @@ impl Topology {
             bs.push(b);
             ips.push(bip);
             lb_ifs.push(lif);
+            b_ifs.push(bif);
         }
         Topology {
             client,
@@ -192,6 +196,7 @@ impl Topology {
             lb_if,
             client_if,
             lb_backend_ifs: lb_ifs,
+            backend_ifs: b_ifs,
         }
     }
 
