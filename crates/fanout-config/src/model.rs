@@ -167,6 +167,8 @@ pub struct DataplaneConfig {
     pub send_timeout: Duration,
     /// Send runs of datagrams to one destination as UDP GSO messages.
     pub gso: bool,
+    /// Let the kernel coalesce datagrams of one flow on receive (UDP GRO).
+    pub gro: bool,
     /// Keep polling this long after traffic before sleeping (0 = off).
     pub busy_poll: Duration,
 }
@@ -180,6 +182,7 @@ impl Default for DataplaneConfig {
             send_buffer: 8 << 20,
             send_timeout: Duration::from_millis(10),
             gso: true,
+            gro: true,
             busy_poll: Duration::ZERO,
         }
     }

@@ -122,6 +122,7 @@ pub(crate) struct RawDataplane {
     pub send_buffer: Option<ByteSize>,
     pub send_timeout_ms: Option<i64>,
     pub gso: Option<bool>,
+    pub gro: Option<bool>,
     pub busy_poll_us: Option<i64>,
 }
 

@@ -402,6 +402,9 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
             );
         }
     }
+    if let Some(g) = raw.gro {
+        d.gro = g;
+    }
     if let Some(g) = raw.gso {
         d.gso = g;
     }

@@ -139,7 +139,12 @@ impl UserspacePlane {
         // program hands to the kernel for local delivery (IP fragments, datagrams sent from
         // this host itself) reaches these sockets and is forwarded the same way.
         for l in &cfg.listeners {
-            listeners.push(Arc::new(bind_listener(l, workers, &opts)?));
+            listeners.push(Arc::new(bind_listener(
+                l,
+                workers,
+                &opts,
+                cfg.dataplane.gro,
+            )?));
         }
         let need_v4 = cfg
             .listeners
@@ -274,6 +279,7 @@ fn bind_listener(
     l: &ListenerConfig,
     workers: usize,
     opts: &SocketOptions,
+    gro: bool,
 ) -> Result<ListenerShared, PlaneError> {
     let bind_err = |addr: SocketAddr, e: io::Error| PlaneError::Bind {
         listener: l.name.clone(),
@@ -301,9 +307,15 @@ fn bind_listener(
     let local = first
         .local_addr()
         .map_err(setup_err("reading bound address"))?;
+    if gro && !socket::set_gro(&first, true) {
+        tracing::debug!(listener = %l.name, "UDP GRO not available on this kernel");
+    }
     sockets.push(Arc::new(first));
     for _ in 1..workers {
         let (s, _) = bind_fn(local, opts).map_err(|e| bind_err(local, e))?;
+        if gro {
+            socket::set_gro(&s, true);
+        }
         sockets.push(Arc::new(s));
     }
     if opts.recv_buffer > 0 && sizes.recv < opts.recv_buffer {

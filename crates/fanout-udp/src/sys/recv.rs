@@ -16,9 +16,10 @@ use super::sockaddr;
 /// Largest UDP payload over IPv6 without jumbograms (IPv4's limit is 65,507).
 pub const MAX_DATAGRAM: usize = 65_527;
 
-/// Receive slot size: one byte more than the largest datagram, so a datagram that fills the
-/// slot exactly can only be a truncated one (and MSG_TRUNC says so as well).
-pub const SLOT_SIZE: usize = MAX_DATAGRAM + 1;
+/// Receive slot size: 64 KiB. A datagram is at most 65,527 bytes and a UDP GRO buffer (several
+/// datagrams of one flow coalesced by the kernel) at most 65,535, so a slot filled exactly can
+/// only hold something cut short (and MSG_TRUNC says so as well).
+pub const SLOT_SIZE: usize = 65_536;
 
 /// One received datagram (or, with UDP GRO, several same-sized ones coalesced).
 #[derive(Debug, Clone, Copy)]

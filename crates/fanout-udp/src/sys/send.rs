@@ -454,6 +454,35 @@ mod tests {
     }
 
     #[test]
+    fn a_gro_socket_receives_a_gso_run_as_one_buffer() {
+        let (tx_sock, rx_sock) = pair();
+        assert!(crate::sys::socket::set_gro(&rx_sock, true));
+        let dst = rx_sock.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 300]).collect();
+        let mut q = SendQueue::new(4);
+        {
+            let mut tx = q.tx();
+            for p in &payloads {
+                tx.push_coalesced(&dst, p, &SendOpts::default(), 0);
+            }
+            tx.flush(tx_sock.as_fd(), Duration::from_millis(100), |_, _, _| {});
+        }
+        let mut rb = RecvBatch::new(8, SLOT_SIZE);
+        let mut n = 0;
+        for _ in 0..100 {
+            n = rb.recv(rx_sock.as_fd()).unwrap();
+            if n > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(n, 1, "one GRO buffer");
+        let d = rb.get(0).unwrap();
+        assert_eq!(d.info.gro_segment, Some(300));
+        assert_eq!(d.data, payloads.concat().as_slice());
+    }
+
+    #[test]
     fn coalescing_stops_at_a_new_destination_size_or_tag() {
         let (_a, b) = pair();
         let (_c, d) = pair();

@@ -122,6 +122,24 @@ pub fn upstream(dual: bool, recv_buffer: usize) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// Enables UDP GRO on a receiving socket: the kernel may hand over several datagrams of one
+/// flow, of equal size, in one buffer, with their size in a `UDP_GRO` control message
+/// ([`crate::sys::RecvInfo::gro_segment`]). Returns false when the kernel does not support it.
+pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
+    let v: libc::c_int = on.into();
+    // SAFETY: a valid fd and a pointer/length pair describing one c_int alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
 fn set_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
     let (level, name) = if v6 {

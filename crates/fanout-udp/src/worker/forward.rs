@@ -10,7 +10,7 @@ use fanout_core::{DropReason, FlowKey};
 
 use crate::listener::{ActiveSet, ListenerShared};
 use crate::stats::ListenerCounters;
-use crate::sys::{RecvBatch, SendOpts, SendQueue, SendResult, Tx};
+use crate::sys::{Datagram, RecvBatch, SendOpts, SendQueue, SendResult, Tx};
 
 /// A worker's egress sockets and their queues, one per address family.
 pub(crate) struct Egress {
@@ -123,17 +123,105 @@ pub(crate) fn send_drop_reason(r: SendResult) -> DropReason {
     }
 }
 
+/// One datagram of a receive batch: a slot, or one segment of a slot that UDP GRO filled with
+/// several datagrams of the same flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Piece {
+    pub slot: u32,
+    pub off: u32,
+    pub len: u32,
+}
+
+impl Piece {
+    /// Its bytes.
+    #[inline]
+    pub(crate) fn data<'a>(&self, recv: &'a RecvBatch) -> &'a [u8] {
+        let d = recv.data(self.slot as usize);
+        let (off, len) = (self.off as usize, self.len as usize);
+        d.get(off..off + len).unwrap_or(&[])
+    }
+}
+
+/// Calls `f` once per datagram of the batch, splitting GRO buffers into their datagrams, and
+/// counts every datagram received; those that cannot be forwarded at all (unreadable source,
+/// truncated) are counted as dropped here and never reach `f`.
+pub(crate) fn each_datagram(
+    recv: &RecvBatch,
+    counters: &ListenerCounters,
+    mut f: impl FnMut(Piece, &Datagram<'_>),
+) {
+    for i in 0..recv.len() {
+        let Some(d) = recv.get(i) else {
+            counters.received(0);
+            counters.dropped(DropReason::Malformed);
+            continue;
+        };
+        if d.truncated {
+            counters.received(d.data.len());
+            counters.dropped(DropReason::Truncated);
+            continue;
+        }
+        let seg = d
+            .info
+            .gro_segment
+            .map(usize::from)
+            .filter(|&s| s > 0 && s < d.data.len());
+        match seg {
+            None => {
+                counters.received(d.data.len());
+                f(
+                    Piece {
+                        slot: i as u32,
+                        off: 0,
+                        len: d.data.len() as u32,
+                    },
+                    &d,
+                );
+            }
+            Some(seg) => {
+                for (c, chunk) in d.data.chunks(seg).enumerate() {
+                    counters.received(chunk.len());
+                    f(
+                        Piece {
+                            slot: i as u32,
+                            off: (c * seg) as u32,
+                            len: chunk.len() as u32,
+                        },
+                        &d,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sends a plan of (endpoint, datagram) pairs from the egress sockets, grouped by endpoint in
+/// arrival order so runs to one downstream leave as GSO messages.
+pub(crate) fn send_plan(
+    ctx: &Ctx<'_>,
+    recv: &RecvBatch,
+    plan: &mut [(u32, Piece)],
+    egress: &mut Egress,
+) {
+    if plan.is_empty() {
+        return;
+    }
+    plan.sort_unstable();
+    let mut tx = egress.begin();
+    for &(e, piece) in plan.iter() {
+        tx.queue(ctx, e, piece.data(recv));
+    }
+    tx.finish(ctx);
+}
+
 /// Forwards one received batch of a listener without sessions.
-///
-/// Targets are chosen first into `plan` as (endpoint, datagram) pairs, then sent grouped by
-/// endpoint in arrival order, so runs to one downstream leave as GSO messages.
 pub(crate) fn stateless(
     id: usize,
     shared: &ListenerShared,
     recv: &RecvBatch,
     cursor: &mut usize,
     egress: &mut Egress,
-    plan: &mut Vec<(u32, u32)>,
+    plan: &mut Vec<(u32, Piece)>,
 ) {
     let counters = shared.stats().slot(id);
     let active = shared.backends();
@@ -144,27 +232,12 @@ pub(crate) fn stateless(
     };
     let set = &active.set;
     plan.clear();
-    for i in 0..recv.len() {
-        let Some(d) = recv.get(i) else {
-            counters.received(0);
-            counters.dropped(DropReason::Malformed);
-            continue;
-        };
-        counters.received(d.data.len());
-        if d.truncated {
-            counters.dropped(DropReason::Truncated);
-            continue;
-        }
+    each_datagram(recv, counters, |piece, d| {
         match set.pick(&FlowKey::new(d.src), cursor) {
             Pick::None => counters.dropped(DropReason::NoDownstream),
-            Pick::One(e) => plan.push((e, i as u32)),
-            Pick::All => plan.extend(set.active().iter().map(|&e| (e, i as u32))),
+            Pick::One(e) => plan.push((e, piece)),
+            Pick::All => plan.extend(set.active().iter().map(|&e| (e, piece))),
         }
-    }
-    plan.sort_unstable();
-    let mut tx = egress.begin();
-    for &(e, i) in plan.iter() {
-        tx.queue(&ctx, e, recv.data(i as usize));
-    }
-    tx.finish(&ctx);
+    });
+    send_plan(&ctx, recv, plan, egress);
 }

@@ -26,7 +26,7 @@ use mio::{Events, Poll, Token};
 
 use crate::listener::ListenerShared;
 use crate::sys::{RecvBatch, SLOT_SIZE, SendQueue};
-use forward::Egress;
+use forward::{Egress, Piece};
 use session::Sessions;
 
 /// Token of the waker that interrupts `poll` for shutdown.
@@ -102,10 +102,10 @@ pub(crate) struct Buffers {
     pub recv: RecvBatch,
     /// Upstream socket of each datagram in `recv` on the reply path.
     pub reply_src: Vec<u32>,
-    /// Sends to upstream sockets: (socket, endpoint index, datagram index in `recv`).
-    pub upstream_sends: Vec<(u32, u32, u32)>,
-    /// Sends without sessions: (endpoint index, datagram index in `recv`).
-    pub plan: Vec<(u32, u32)>,
+    /// Sends to upstream sockets: (socket, endpoint index, datagram in `recv`).
+    pub upstream_sends: Vec<(u32, u32, Piece)>,
+    /// Sends from the egress sockets: (endpoint index, datagram in `recv`).
+    pub plan: Vec<(u32, Piece)>,
     pub upstream_q: SendQueue,
     pub reply_q: SendQueue,
     pub send_timeout: Duration,

@@ -18,7 +18,7 @@ use hashbrown::HashMap;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll};
 
-use super::forward::{Ctx, Egress, flush};
+use super::forward::{Ctx, Egress, each_datagram, flush, send_plan};
 use super::{Buffers, LogLimiter, upstream_token};
 use crate::listener::ListenerShared;
 use crate::stats::ListenerCounters;
@@ -114,58 +114,32 @@ impl Sessions {
             active: &active,
         };
         let set = &active.set;
-        bufs.upstream_sends.clear();
-        let mut tx = egress.begin();
-        for i in 0..bufs.recv.len() {
-            let Some(d) = bufs.recv.get(i) else {
-                counters.received(0);
-                counters.dropped(DropReason::Malformed);
-                continue;
-            };
-            counters.received(d.data.len());
-            if d.truncated {
-                counters.dropped(DropReason::Truncated);
-                continue;
-            }
+        let generation = active.generation;
+        let Buffers {
+            recv,
+            upstream_sends,
+            plan,
+            ..
+        } = &mut *bufs;
+        upstream_sends.clear();
+        plan.clear();
+        each_datagram(recv, counters, |piece, d| {
             let key = FlowKey::new(d.src);
             let sid = match self.table.lookup(&d.src, now) {
                 Some(sid) => sid,
                 None => {
                     let local_ip = if self.pktinfo { d.info.local_ip } else { None };
                     match self.create(
-                        d.src,
-                        local_ip,
-                        set,
-                        active.generation,
-                        cursor,
-                        li,
-                        poll,
-                        counters,
-                        now,
+                        d.src, local_ip, set, generation, cursor, li, poll, counters, now,
                     ) {
                         Ok(sid) => sid,
-                        Err(reason) => {
-                            counters.dropped(reason);
-                            continue;
-                        }
+                        Err(reason) => return counters.dropped(reason),
                     }
                 }
             };
-            let target = match self.target(
-                sid,
-                set,
-                active.generation,
-                &key,
-                cursor,
-                li,
-                poll,
-                counters,
-            ) {
+            let target = match self.target(sid, set, generation, &key, cursor, li, poll, counters) {
                 Ok(t) => t,
-                Err(reason) => {
-                    counters.dropped(reason);
-                    continue;
-                }
+                Err(reason) => return counters.dropped(reason),
             };
             let up = self
                 .table
@@ -173,20 +147,15 @@ impl Sessions {
                 .and_then(|(_, s)| s.upstream)
                 .map(|(k, _)| k);
             match (up, target) {
-                (Some(k), Target::One(e)) => bufs.upstream_sends.push((k, e, i as u32)),
+                (Some(k), Target::One(e)) => upstream_sends.push((k, e, piece)),
                 (Some(k), Target::All) => {
-                    bufs.upstream_sends
-                        .extend(set.active().iter().map(|&e| (k, e, i as u32)));
+                    upstream_sends.extend(set.active().iter().map(|&e| (k, e, piece)))
                 }
-                (None, Target::One(e)) => tx.queue(&ctx, e, d.data),
-                (None, Target::All) => {
-                    for &e in set.active() {
-                        tx.queue(&ctx, e, d.data);
-                    }
-                }
+                (None, Target::One(e)) => plan.push((e, piece)),
+                (None, Target::All) => plan.extend(set.active().iter().map(|&e| (e, piece))),
             }
-        }
-        tx.finish(&ctx);
+        });
+        send_plan(&ctx, recv, plan, egress);
         self.flush_upstream(&ctx, bufs);
         counters.set_sessions_active(self.table.len());
     }
@@ -216,16 +185,16 @@ impl Sessions {
                 continue;
             };
             let mut tx = bufs.upstream_q.tx();
-            for &(_, e, i) in &bufs.upstream_sends[start..end] {
-                let (Some(ep), Some(d)) = (endpoints.get(e as usize), bufs.recv.get(i as usize))
-                else {
+            for &(_, e, piece) in &bufs.upstream_sends[start..end] {
+                let Some(ep) = endpoints.get(e as usize) else {
                     ctx.counters.dropped(DropReason::NoDownstream);
                     continue;
                 };
+                let data = piece.data(&bufs.recv);
                 let dst = if dual { mapped(ep.addr) } else { ep.addr };
-                if !tx.push_coalesced(&dst, d.data, &SendOpts::default(), u64::from(e)) {
+                if !tx.push_coalesced(&dst, data, &SendOpts::default(), u64::from(e)) {
                     flush(ctx, &up.sock, &mut tx, timeout);
-                    tx.push(&dst, d.data, &SendOpts::default(), u64::from(e));
+                    tx.push(&dst, data, &SendOpts::default(), u64::from(e));
                 }
             }
             flush(ctx, &up.sock, &mut tx, timeout);
