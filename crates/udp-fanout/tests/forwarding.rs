@@ -388,11 +388,11 @@ fn gro_buffers_are_split_back_into_their_datagrams() {
         .collect();
     assert_eq!(got[0].len(), 30);
     assert_eq!(got[1].len(), 30);
-    let mut merged = Vec::new();
-    for k in 0..30 {
-        merged.push(got[0][k].clone());
-        merged.push(got[1][k].clone());
-    }
+    let merged: Vec<Vec<u8>> = got[0]
+        .iter()
+        .zip(&got[1])
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
     let want_a: Vec<Vec<u8>> = payloads.clone();
     let mut want_b = payloads.clone();
     for pair in want_b.chunks_mut(2) {
