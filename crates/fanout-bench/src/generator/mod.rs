@@ -1,5 +1,8 @@
 //! The load generator: sends verifiable datagrams ([`crate::payload`]) to one target from many
-//! source sockets at a controlled rate, and optionally measures the echoes coming back.
+//! source sockets at a controlled rate, and optionally measures the echoes coming back. It can
+//! also split its flows over several targets or copy every datagram to each of them
+//! ([`GenConfig::extra_targets`]), which is how a benchmark sends straight to a proxy's
+//! backends to measure the ceiling without the proxy.
 //!
 //! A UDP load balancer keys its decisions on the client address, so each *flow* is a socket of
 //! its own (its own source port); datagrams go round-robin over the flows, datagram `i` of the
@@ -122,6 +125,8 @@ pub struct GenReport {
     pub last_reply: Option<Duration>,
     /// Ports of `bind_ports` skipped because something else held them.
     pub busy_ports_skipped: u64,
+    /// With `copy_to_all_targets`: copies to the further targets that could not be sent.
+    pub copy_send_errors: u64,
 }
 
 /// Runs the generator until its count or duration is reached or `stop` is set.
@@ -231,6 +236,9 @@ struct Sender<'a> {
     sent: u64,
     send_errors: u64,
     bytes_sent: u64,
+    /// `[target, extra_targets…]`.
+    targets: Vec<SocketAddr>,
+    copy_errors: u64,
 }
 
 impl<'a> Sender<'a> {
@@ -259,6 +267,8 @@ impl<'a> Sender<'a> {
             sent: 0,
             send_errors: 0,
             bytes_sent: 0,
+            targets: cfg.all_targets(),
+            copy_errors: 0,
         }
     }
 
@@ -276,32 +286,52 @@ impl<'a> Sender<'a> {
     }
 
     /// Sends up to one batch of the datagrams `from, from + flows, …` below `end` (all of one
-    /// flow); returns the index after the last one taken.
+    /// flow) to the flow's target (or to every target); returns the index after the last one
+    /// taken.
     fn send_batch(&mut self, from: u64, end: u64) -> u64 {
         let cfg = self.cfg;
         let flows = u64::from(cfg.flows);
         let flow = (from % flows) as usize;
-        let size_of = |i: u64| cfg.sizes[(i % cfg.sizes.len() as u64) as usize];
         // One timestamp per batch: the datagrams leave within one system call.
         let ts = payload::now_ns();
         let mut i = from;
         let mut k = 0;
         while k < self.bufs.len() && i < end {
-            let buf = &mut self.bufs[k][..size_of(i)];
+            let buf = &mut self.bufs[k][..size_of(cfg, i)];
             payload::encode(buf, cfg.stream_id, flow as u32, i / flows, ts);
             i += flows;
             k += 1;
         }
+        if cfg.copy_to_all_targets {
+            for c in 0..self.targets.len() {
+                self.flush(flow, from, k, c, c > 0);
+            }
+        } else {
+            self.flush(flow, from, k, flow % self.targets.len(), false);
+        }
+        i
+    }
+
+    /// Sends the first `k` encoded buffers (datagrams `from, from + flows, …` of `flow`) to
+    /// target number `t`; a further copy's failures only count as copy errors.
+    fn flush(&mut self, flow: usize, from: u64, k: usize, t: usize, extra_copy: bool) {
+        let cfg = self.cfg;
+        let flows = u64::from(cfg.flows);
+        let target = self.targets[t];
         let mut tx = self.queue.tx();
         let mut j = from;
         for buf in &self.bufs[..k] {
-            tx.push(&cfg.target, &buf[..size_of(j)], &SendOpts::default(), j);
+            tx.push(&target, &buf[..size_of(cfg, j)], &SendOpts::default(), j);
             j += flows;
         }
         let f = &mut self.flows[flow];
         let (sent, errors, bytes) = (&mut self.sent, &mut self.send_errors, &mut self.bytes_sent);
+        let copy_errors = &mut self.copy_errors;
         tx.flush(self.socks[flow].as_fd(), SEND_WAIT, |_, len, result| {
-            if result == SendResult::Sent {
+            let ok = result == SendResult::Sent;
+            if extra_copy {
+                *copy_errors += u64::from(!ok);
+            } else if ok {
                 *sent += 1;
                 *bytes += len as u64;
                 f.sent += 1;
@@ -311,8 +341,12 @@ impl<'a> Sender<'a> {
                 f.send_errors += 1;
             }
         });
-        i
     }
+}
+
+/// The size of datagram `i` of the run.
+fn size_of(cfg: &GenConfig, i: u64) -> usize {
+    cfg.sizes[(i % cfg.sizes.len() as u64) as usize]
 }
 
 fn report(
@@ -347,6 +381,7 @@ fn report(
         reply_histogram: replies.map(|r| r.histogram().clone()),
         last_reply: None,
         busy_ports_skipped: 0,
+        copy_send_errors: tx.copy_errors,
     }
 }
 
@@ -380,6 +415,28 @@ mod tests {
             ..cfg()
         };
         assert_eq!(burst_cap(&huge_batch), MAX_BATCH as u64);
+    }
+
+    #[test]
+    fn flows_split_over_targets_or_copy_to_all() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let count = |s: &UdpSocket| {
+            s.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 128];
+            std::iter::from_fn(|| s.recv(&mut buf).ok()).count()
+        };
+        let mut c = GenConfig::new(a.local_addr().unwrap());
+        c.extra_targets = vec![b.local_addr().unwrap()];
+        c.flows = 4;
+        c.count = Some(8);
+        let r = run(&c, &AtomicBool::new(false)).unwrap();
+        assert_eq!(r.sent, 8);
+        assert_eq!((count(&a), count(&b)), (4, 4));
+        c.copy_to_all_targets = true;
+        let r = run(&c, &AtomicBool::new(false)).unwrap();
+        assert_eq!((r.sent, r.copy_send_errors), (8, 0));
+        assert_eq!((count(&a), count(&b)), (8, 8));
     }
 
     #[test]

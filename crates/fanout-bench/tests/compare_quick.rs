@@ -1,0 +1,65 @@
+//! `compare --quick` end to end: every scenario against every peer installed here, briefly,
+//! through the library entry the CLI uses. It fails when a run fails or its accounting does
+//! not add up, never on a speed, and peers that are missing are skipped with the reason (and
+//! the install command) printed.
+//!
+//! Like `session_scale.rs`, it needs the `udp-fanout` binary where cargo puts it next to this
+//! crate's (`target/<profile>/udp-fanout`), and says so and passes without running when it is
+//! not there. The quick mode starts no pair after 45 s, so the test ends within about a
+//! minute.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use fanout_bench::scenarios::compare::{self, CompareConfig, Outcome};
+
+fn udp_fanout() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join("udp-fanout");
+    bin.is_file().then_some(bin)
+}
+
+#[test]
+fn quick_compare_runs_every_installed_peer_with_consistent_books() {
+    let Some(bin) = udp_fanout() else {
+        eprintln!(
+            "skipped: no udp-fanout binary next to this test's target directory; build it with \
+             `cargo build -p udp-fanout` (or test the whole workspace)"
+        );
+        return;
+    };
+    let cfg = CompareConfig::quick(bin);
+    let report = compare::run(&cfg, &AtomicBool::new(false)).expect("quick compare");
+    for p in &report.peers {
+        if let Some(why) = &p.missing {
+            eprintln!("skipped peer {}: {why}", p.peer.id());
+        }
+    }
+    println!("{}", report.to_markdown(None));
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert_eq!(report.scenarios.len(), 5);
+    let mut ran = 0;
+    for sc in &report.scenarios {
+        for row in &sc.rows {
+            match &row.outcome {
+                Outcome::Quick(q) => {
+                    ran += 1;
+                    assert!(q.point.sent > 0, "{} {}", sc.spec.id, row.peer.id());
+                }
+                Outcome::Missing { .. } | Outcome::NotApplicable { .. } => {}
+                other => panic!("{} {}: {other:?}", sc.spec.id, row.peer.id()),
+            }
+        }
+    }
+    // direct and udp-fanout are always there: five scenarios each.
+    assert!(ran >= 10, "only {ran} runs");
+    assert!(
+        report.elapsed < Duration::from_secs(75),
+        "{:?}",
+        report.elapsed
+    );
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["quick"], true);
+}
