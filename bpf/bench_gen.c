@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
- * bench_gen.c: the load generator and the counting sink of the netns forwarding benchmark
- * (crates/fanout-ebpf/benches/netns_forwarding.rs). Not part of udp-fanout itself.
+ * bench_gen.c: the load generator and the counting sink of the network-namespace benchmark rig
+ * (crates/fanout-ebpf/src/netbench/, used by the netns_forwarding bench and by fanout-bench
+ * compare's scenario (f)). Not part of udp-fanout itself.
  *
- * - bench_gen (XDP, never attached): run with BPF_PROG_TEST_RUN in live-frames mode
+ * - bench_gen (XDP; attached in generic mode to a veth that is down, only to keep it in the
+ *   XDP dispatcher between test runs): run with BPF_PROG_TEST_RUN in live-frames mode
  *   (BPF_F_TEST_XDP_LIVE_FRAMES) with ingress_ifindex = the client's veth. It returns XDP_TX,
  *   which the test runner turns into a redirect out of that veth, so every repeat is a real
  *   frame handed to the veth peer (the load balancer's interface) without a socket, an skb or

@@ -1,0 +1,278 @@
+//! What runs in the load balancer's namespace during a window ([`Mode`]), and the traffic it
+//! is given ([`Traffic`]).
+//!
+//! Modes:
+//! - `idle`: nothing runs; the machine's background CPU, subtracted from every other mode.
+//! - `generator only`: the frames are counted and dropped by XDP on the load balancer's
+//!   ingress: what generating them (and receiving them on the veth) costs, included in every
+//!   mode below.
+//! - `plain forwarding`: the load balancer only routes (`ip_forward=1`); the client sends to
+//!   the two backends' addresses directly, alternating. No udp-fanout.
+//! - `kernel plane xdp` / `kernel plane tc_ebpf`: udp-fanout's [`KernelPlane`], started in this
+//!   process from the load balancer's namespace.
+//! - `userspace plane`: udp-fanout's userspace plane, same listener, default settings (one
+//!   worker per CPU). It lives in the `fanout-udp` crate, which this one does not depend on,
+//!   so the caller passes a [`StartUserspace`] function that starts it.
+//!
+//! Traffic: 64-byte datagrams to the listener, balanced round-robin over many flows, or
+//! mirrored to both backends, or one heavy flow (a single 5-tuple). For a mirror, plain
+//! forwarding is the client sending each datagram to both backends itself (two frames per
+//! datagram); XDP cannot copy a frame, so the XDP plane has no mirror.
+
+use anyhow::{Context as _, anyhow};
+use fanout_core::ListenerSnapshot;
+
+use super::topology::{BACKEND_PORT, BACKENDS, PORT, VIP, backend_ip, dotted};
+use crate::plane::KernelPlane;
+
+/// What runs in the load balancer during a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// Nothing: the background.
+    Idle,
+    /// The generator's frames dropped at the load balancer's ingress.
+    GenOnly,
+    /// Plain kernel forwarding, no udp-fanout.
+    Plain,
+    /// Kernel plane, `mode: xdp`.
+    Xdp,
+    /// Kernel plane, `mode: tc_ebpf`.
+    Tc,
+    /// The userspace plane.
+    Userspace,
+}
+
+impl Mode {
+    /// Every mode, in the order a round runs them.
+    pub const ALL: [Mode; 6] = [
+        Mode::Idle,
+        Mode::GenOnly,
+        Mode::Plain,
+        Mode::Xdp,
+        Mode::Tc,
+        Mode::Userspace,
+    ];
+
+    /// The modes that forward traffic.
+    pub const FORWARDING: [Mode; 4] = [Mode::Plain, Mode::Xdp, Mode::Tc, Mode::Userspace];
+
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Idle => "idle (background)",
+            Mode::GenOnly => "generator only (dropped at lb ingress)",
+            Mode::Plain => "plain kernel forwarding",
+            Mode::Xdp => "kernel plane, xdp",
+            Mode::Tc => "kernel plane, tc_ebpf",
+            Mode::Userspace => "userspace plane",
+        }
+    }
+
+    /// A short identifier (JSON, progress lines).
+    pub fn id(self) -> &'static str {
+        match self {
+            Mode::Idle => "idle",
+            Mode::GenOnly => "generator-only",
+            Mode::Plain => "plain",
+            Mode::Xdp => "xdp",
+            Mode::Tc => "tc_ebpf",
+            Mode::Userspace => "userspace",
+        }
+    }
+
+    /// Whether udp-fanout's kernel plane runs.
+    pub fn is_kernel_plane(self) -> bool {
+        matches!(self, Mode::Xdp | Mode::Tc)
+    }
+}
+
+/// The traffic of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Traffic {
+    /// Round-robin over the backends, many flows.
+    Balance,
+    /// A copy to every backend.
+    Mirror,
+    /// Round-robin over the backends, one flow (a single 5-tuple).
+    HeavyFlow,
+}
+
+/// Flows of the many-flow traffic (a power of two: the generator masks).
+pub const FLOWS: u32 = 1024;
+
+impl Traffic {
+    /// Every traffic shape.
+    pub const ALL: [Traffic; 3] = [Traffic::Balance, Traffic::Mirror, Traffic::HeavyFlow];
+
+    /// One line for people.
+    pub fn title(self) -> String {
+        match self {
+            Traffic::Balance => format!(
+                "load-balance 64-byte datagrams, {FLOWS} flows, round-robin to {BACKENDS} backends"
+            ),
+            Traffic::Mirror => format!("mirror 64-byte datagrams to {BACKENDS} backends"),
+            Traffic::HeavyFlow => format!(
+                "one heavy flow (a single 5-tuple) of 64-byte datagrams, round-robin to \
+                 {BACKENDS} backends"
+            ),
+        }
+    }
+
+    /// A short identifier.
+    pub fn id(self) -> &'static str {
+        match self {
+            Traffic::Balance => "balance",
+            Traffic::Mirror => "mirror",
+            Traffic::HeavyFlow => "heavy-flow",
+        }
+    }
+
+    /// Distinct source ports.
+    pub fn flows(self) -> u32 {
+        match self {
+            Traffic::HeavyFlow => 1,
+            Traffic::Balance | Traffic::Mirror => FLOWS,
+        }
+    }
+
+    /// Copies of each datagram the backends get, together.
+    pub fn copies(self) -> u64 {
+        match self {
+            Traffic::Mirror => BACKENDS as u64,
+            Traffic::Balance | Traffic::HeavyFlow => 1,
+        }
+    }
+
+    /// Frames the client sends per datagram in `mode`: plain forwarding has no mirror, so the
+    /// client sends each copy itself.
+    pub fn frames_per_datagram(self, mode: Mode) -> u64 {
+        if mode == Mode::Plain {
+            self.copies()
+        } else {
+            1
+        }
+    }
+
+    /// The listener's `distribution:`.
+    pub fn distribution(self) -> &'static str {
+        match self {
+            Traffic::Mirror => "mirror",
+            Traffic::Balance | Traffic::HeavyFlow => "round_robin",
+        }
+    }
+
+    /// Why `mode` cannot carry this traffic, if it cannot.
+    pub fn not_applicable(self, mode: Mode) -> Option<&'static str> {
+        match (self, mode) {
+            (Traffic::Mirror, Mode::Xdp) => Some("XDP cannot copy a frame: mirror needs tc_ebpf"),
+            _ => None,
+        }
+    }
+
+    /// How plain forwarding is made to carry this traffic, for the reader.
+    pub fn plain_note(self) -> &'static str {
+        match self {
+            Traffic::Balance => "the client sends to the backends' addresses, alternating",
+            Traffic::Mirror => "the client sends every datagram to both backends itself",
+            Traffic::HeavyFlow => {
+                "the client sends to the backends' addresses, alternating, from one source port"
+            }
+        }
+    }
+}
+
+/// A load balancer the caller started (the userspace plane): counters and a way to stop it.
+pub trait Plane: Send {
+    /// The listener's counters.
+    fn snapshot(&self) -> Option<ListenerSnapshot>;
+    /// Stops it and waits until it has.
+    fn stop(self: Box<Self>);
+}
+
+/// Starts the userspace plane on a configuration, from the calling thread (which is in the
+/// load balancer's namespace at the time).
+pub type StartUserspace = fn(&fanout_config::Config) -> anyhow::Result<Box<dyn Plane>>;
+
+/// The configuration of the listener for `mode` (`xdp`, `tc_ebpf` or `userspace`).
+pub fn config(mode: &str, lb_if: &str, traffic: Traffic) -> anyhow::Result<fanout_config::Config> {
+    let downstreams: Vec<String> = (0..BACKENDS)
+        .map(|k| format!("\"{}:{BACKEND_PORT}\"", dotted(backend_ip(k))))
+        .collect();
+    let interface = if mode == "userspace" {
+        String::new()
+    } else {
+        format!("    interface: {lb_if}\n")
+    };
+    let yaml = format!(
+        "listeners:\n  - name: bench\n    bind: \"{}:{PORT}\"\n    mode: {mode}\n{interface}    \
+         distribution: {}\n    downstreams: [{}]\n",
+        dotted(VIP),
+        traffic.distribution(),
+        downstreams.join(", ")
+    );
+    fanout_config::from_yaml(&yaml).map_err(|e| anyhow!("config: {e}\n{yaml}"))
+}
+
+/// What runs in the load balancer during a mode.
+pub(crate) enum Running {
+    /// Nothing (idle, plain forwarding).
+    Nothing,
+    /// The sink on the load balancer's ingress (generator only).
+    Sink(aya::programs::xdp::XdpLinkId),
+    /// udp-fanout's kernel plane.
+    Kernel(KernelPlane),
+    /// udp-fanout's userspace plane.
+    User(Box<dyn Plane>),
+}
+
+impl Running {
+    /// The plane's listener counters, if a plane runs.
+    pub(crate) fn snapshot(&self) -> Option<ListenerSnapshot> {
+        match self {
+            Running::Kernel(k) => k.snapshot().into_iter().next(),
+            Running::User(u) => u.snapshot(),
+            Running::Nothing | Running::Sink(_) => None,
+        }
+    }
+
+    /// How it is attached, for the record.
+    pub(crate) fn attach(&self) -> String {
+        match self {
+            Running::Kernel(k) => k
+                .attachments()
+                .iter()
+                .map(|a| a.how)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Running::Sink(_) => "xdp sink on lb ingress".into(),
+            Running::Nothing | Running::User(_) => String::new(),
+        }
+    }
+}
+
+/// Starts the kernel plane in `mode` on the current thread's namespace.
+pub(crate) fn start_kernel(mode: Mode, lb_if: &str, traffic: Traffic) -> anyhow::Result<Running> {
+    let m = if mode == Mode::Xdp { "xdp" } else { "tc_ebpf" };
+    let cfg = config(m, lb_if, traffic)?;
+    let plane = KernelPlane::start(&cfg)
+        .with_context(|| format!("starting the kernel plane ({m})"))?
+        .ok_or_else(|| anyhow!("the kernel plane ({m}) has no listener"))?;
+    Ok(Running::Kernel(plane))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_name_the_mode_and_distribution() {
+        let c = config("tc_ebpf", "veth0", Traffic::Mirror).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].downstreams.len(), BACKENDS);
+        assert!(config("userspace", "veth0", Traffic::Balance).is_ok());
+        assert!(config("xdp", "veth0", Traffic::HeavyFlow).is_ok());
+        assert_eq!(Traffic::Mirror.frames_per_datagram(Mode::Plain), 2);
+        assert_eq!(Traffic::Mirror.frames_per_datagram(Mode::Tc), 1);
+        assert!(Traffic::Mirror.not_applicable(Mode::Xdp).is_some());
+    }
+}
