@@ -480,7 +480,7 @@ mod tests {
         let Command::Compare(a) = c.command else {
             panic!("not compare")
         };
-        assert_eq!(a.scenarios.0.len(), 5);
+        assert_eq!(a.scenarios.0.len(), 6);
         assert_eq!(a.peers.0.len(), 9);
         assert_eq!(a.repeats, 3);
         assert!(!a.quick && a.write.is_none());

@@ -1,7 +1,9 @@
 //! `compare --quick` end to end: every scenario against every peer installed here, briefly,
 //! through the library entry the CLI uses. It fails when a run fails or its accounting does
 //! not add up, never on a speed, and peers that are missing are skipped with the reason (and
-//! the install command) printed.
+//! the install command) printed. Scenario (f), the kernel plane in network namespaces, runs
+//! as root (every mode and traffic shape once, counters checked against each other) and is
+//! n/a otherwise.
 //!
 //! Like `session_scale.rs`, it needs the `udp-fanout` binary where cargo puts it next to this
 //! crate's (`target/<profile>/udp-fanout`), and says so and passes without running when it is
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use fanout_bench::scenarios::compare::{self, CompareConfig, Outcome};
+use fanout_bench::scenarios::compare::{self, CompareConfig, KernelOutcome, Outcome, kernel};
 
 fn udp_fanout() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -55,6 +57,7 @@ fn quick_compare_runs_every_installed_peer_with_consistent_books() {
     }
     // direct and udp-fanout are always there: five scenarios each.
     assert!(ran >= 10, "only {ran} runs");
+    check_kernel(report.kernel.as_ref());
     assert!(
         report.elapsed < Duration::from_secs(75),
         "{:?}",
@@ -62,4 +65,44 @@ fn quick_compare_runs_every_installed_peer_with_consistent_books() {
     );
     let json = serde_json::to_value(&report).expect("json");
     assert_eq!(json["quick"], true);
+}
+
+/// (f): as root, every traffic shape through every mode that can carry it (and the generator
+/// alone), each delivered and with counters that add up; without root, n/a.
+fn check_kernel(k: Option<&KernelOutcome>) {
+    let root = nix::unistd::geteuid().is_root();
+    match k {
+        Some(KernelOutcome::Quick(q)) => {
+            assert!(root, "(f) ran without root?");
+            // Generator alone; balance and heavy flow through 4 modes; mirror through 3.
+            assert_eq!(q.rows.len(), 12, "{:#?}", q.rows);
+            for r in &q.rows {
+                assert!(
+                    r.problems.is_empty(),
+                    "(f) {} {}: {:?}",
+                    r.traffic,
+                    r.mode,
+                    r.problems
+                );
+                assert!(
+                    r.offered > 0 && r.delivered > 0,
+                    "(f) {} {}",
+                    r.traffic,
+                    r.mode
+                );
+            }
+            let mirror_tc = q
+                .rows
+                .iter()
+                .find(|r| r.traffic == "mirror" && r.mode == "tc_ebpf")
+                .expect("tc_ebpf mirror row");
+            assert_eq!(mirror_tc.expected, 2 * mirror_tc.offered);
+        }
+        Some(KernelOutcome::NotApplicable { reason }) => {
+            assert!(!root, "(f) skipped as root: {reason}");
+            assert_eq!(reason, kernel::NEEDS_ROOT);
+            eprintln!("skipped (f): {reason}");
+        }
+        other => panic!("(f): {other:?}"),
+    }
 }

@@ -31,8 +31,9 @@ pub(super) struct CompareArgs {
     #[arg(long)]
     pub(super) quick: bool,
     /// Scenarios: a (balance 64 B), b (one heavy flow), c (mirror 64 B), d (mirror 64,000 B),
-    /// e (request/response).
-    #[arg(long, value_parser = |s: &str| ScenarioId::parse_list(s).map(Scenarios), default_value = "a,b,c,d,e")]
+    /// e (request/response), f (kernel plane in network namespaces against plain kernel
+    /// forwarding; needs root).
+    #[arg(long, value_parser = |s: &str| ScenarioId::parse_list(s).map(Scenarios), default_value = "a,b,c,d,e,f")]
     pub(super) scenarios: Scenarios,
     /// Peers: direct, udp-fanout, socat, udp-tee, nginx-session, nginx-datagram,
     /// envoy-session, envoy-packet, nftables; `nginx`, `envoy` for both modes, `all`.
@@ -42,7 +43,9 @@ pub(super) struct CompareArgs {
     #[arg(long, default_value_t = 3)]
     pub(super) repeats: u32,
     /// Insert the tables between the compare markers of this markdown file (appended at its
-    /// end the first time) and the chart in bench/compare.svg beside it.
+    /// end the first time) and the chart in bench/compare.svg beside it. With only some of
+    /// the scenarios, only theirs are replaced; the method, peer list and chart are rewritten
+    /// only by a run of all of (a)-(e).
     #[arg(long)]
     pub(super) write: Option<PathBuf>,
     /// Print one JSON object instead of markdown.
@@ -57,6 +60,10 @@ pub(super) struct CompareArgs {
     /// Start no further scenario/peer pair after this long (default 30m; 45s with --quick).
     #[arg(long, value_parser = super::parse_duration)]
     pub(super) budget: Option<Duration>,
+    /// Length of one of scenario (f)'s windows, each mode at the generator's maximum
+    /// (default 2s; 200ms at a low rate with --quick).
+    #[arg(long, value_parser = super::parse_duration)]
+    pub(super) kernel_window: Option<Duration>,
     /// Do not pin the generator and sink threads to CPUs.
     #[arg(long)]
     pub(super) no_pin: bool,
@@ -87,6 +94,9 @@ pub(super) fn run(a: CompareArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     if let Some(b) = a.budget {
         cfg.budget = b;
     }
+    if let Some(w) = a.kernel_window {
+        cfg.kernel_window = w;
+    }
     if a.no_pin {
         cfg.pinning = Pinning::NONE;
     }
@@ -95,19 +105,35 @@ pub(super) fn run(a: CompareArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+    // The chart shows (a)-(e) together: only a run of all of them redraws it.
+    let all_peers = report.covers_all_peer_scenarios();
     let chart = match &a.write {
-        Some(doc) => {
+        Some(doc) if all_peers => {
             let (svg, link) = chart_path(doc);
             write_svg(&report, &svg)?;
             eprintln!("wrote {}", svg.display());
             Some(link)
         }
-        None => None,
+        _ => None,
     };
     let md = report.to_markdown(chart);
     if let Some(doc) = &a.write {
-        write_doc(doc, &md)?;
-        eprintln!("wrote the compare section of {}", doc.display());
+        write_doc(doc, &md, &report.scenario_ids(), all_peers)?;
+        let which: Vec<String> = report
+            .scenario_ids()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        eprintln!(
+            "wrote the compare section of {} ({}{})",
+            doc.display(),
+            which.join(" "),
+            if all_peers {
+                ""
+            } else {
+                "; the other scenarios' parts kept"
+            }
+        );
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -1,5 +1,6 @@
 //! The comparison as markdown: how it was measured, one table per scenario, a summary line
-//! per scenario with udp-fanout's ratios, and the chart.
+//! per scenario with udp-fanout's ratios, and the chart; scenario (f)'s block comes from
+//! [`super::kernel`].
 //!
 //! This is what goes into `docs/BENCHMARKS.md` (with `--write`), so it states its own method
 //! and setting in full: a table of ratios without the machine, the pinning and the number of
@@ -7,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use super::kernel;
 use super::measure::LOSSLESS;
 use super::peers::PeerId;
 use super::report::{CompareReport, Measured, Outcome, Row, ScenarioResult, Spread};
@@ -56,8 +58,11 @@ impl CompareReport {
              cargo run --release -p fanout-bench -- compare{} --write docs/BENCHMARKS.md\n```\n",
             if self.quick { " --quick" } else { "" }
         );
-        self.method(&mut s);
-        self.peer_list(&mut s);
+        // A run of (f) alone has no peers to describe: its block states its own method.
+        if !self.scenarios.is_empty() {
+            self.method(&mut s);
+            self.peer_list(&mut s);
+        }
         if !self.quick {
             self.summary(&mut s);
         }
@@ -67,12 +72,18 @@ impl CompareReport {
                 "![Maximum lossless rate per peer and scenario (median; whiskers: range)]({c})\n"
             );
         }
+        // A subset of (a)-(e) may be spliced into a document holding a full run's section
+        // (see docs::merge): each of its tables then says when it was measured.
+        let apart = (!self.covers_all_peer_scenarios()).then_some(self.date.as_str());
         for sc in &self.scenarios {
             if self.quick {
                 quick_table(&mut s, sc);
             } else {
-                full_table(&mut s, sc);
+                full_table(&mut s, sc, apart);
             }
+        }
+        if let Some(k) = &self.kernel {
+            kernel::markdown::block(&mut s, k, &self.machine, &self.date);
         }
         if !self.warnings.is_empty() || !self.failures.is_empty() {
             let _ = writeln!(s, "Notes from this run:\n");
@@ -94,7 +105,9 @@ impl CompareReport {
                  books balance (sent = received + lost for every sink copy, by the generator's \
                  count and by the sink's sequence numbers alike; no corrupt, duplicated or \
                  foreign datagrams; udp-fanout's own counters equal to the traffic). It measures \
-                 no speed. Pinning: {}.\n",
+                 no speed. Pinning: {}. Scenario (f) runs every mode once on its own rig in \
+                 network namespaces, checking the generator's, the veths', the sinks' and the \
+                 planes' counters against each other.\n",
                 self.machine.describe(),
                 self.date,
                 self.settings.step.as_secs_f64(),
@@ -124,7 +137,11 @@ impl CompareReport {
              repeated (three times at most), each \
              time after waiting for the machine to get quiet. On two cores the generator, the peer \
              and the sinks compete for the CPUs, so the figures are low in absolute terms and \
-             the direct row (no proxy) is the ceiling everything else is measured against.\n",
+             the direct row (no proxy) is the ceiling everything else is measured against. \
+             Scenario (f), udp-fanout's kernel plane against plain kernel forwarding, is \
+             measured differently (in network namespaces, with an in-kernel generator, at its \
+             maximum rate, CPU per datagram from traced softirq time): its method is in its \
+             section.\n",
             self.machine.describe(),
             self.date,
             st.step.as_secs_f64(),
@@ -192,6 +209,13 @@ impl CompareReport {
                 parts.join(", ")
             );
         }
+        if let Some(line) = self
+            .kernel
+            .as_ref()
+            .and_then(kernel::markdown::summary_line)
+        {
+            let _ = writeln!(s, "{line}");
+        }
         s.push('\n');
     }
 }
@@ -204,9 +228,16 @@ fn ratio(r: f64) -> String {
     }
 }
 
-fn full_table(s: &mut String, sc: &ScenarioResult) {
+fn full_table(s: &mut String, sc: &ScenarioResult, apart: Option<&str>) {
     let spec = &sc.spec;
     let _ = writeln!(s, "### {} {}\n", spec.id, spec.title);
+    if let Some(date) = apart {
+        let _ = writeln!(
+            s,
+            "_Measured {date} in a run of only some of the scenarios, apart from the method and \
+             summary above._\n"
+        );
+    }
     let gbit = if spec.id == ScenarioId::D {
         ", Gbit/s per sink"
     } else {

@@ -7,17 +7,21 @@
 //! started from a config this module writes ([`peers`]), a fixed-rate sweep for the highest
 //! rate without loss and a fixed-rate run for latency and CPU per datagram ([`sweep`]),
 //! medians of several repeats with their range ([`report`]), and the ratios to udp-fanout
-//! and to the direct ceiling computed from that same run ([`markdown`], [`plot`]).
+//! and to the direct ceiling computed from that same run ([`markdown`], [`plot`]). Scenario
+//! (f), the kernel plane against plain kernel forwarding, needs network namespaces and an
+//! in-kernel generator rather than peers on loopback, and runs on a rig of its own
+//! ([`kernel`]) with its own method, in the same run and report.
 //!
 //! It installs nothing: missing peers are named with their install command, and everything
 //! else runs. `--quick` runs every scenario against every installed peer once, briefly, and
 //! fails only on broken accounting, never on a speed ([`quick`]); the crate's tests run it.
 //!
-//! Traffic stays on loopback, or inside network namespaces the nftables peer creates and
-//! deletes ([`netns`]). Every process is started with a bounded lifetime and stopped by PID
+//! Traffic stays on loopback, or inside network namespaces the nftables peer ([`netns`]) or
+//! scenario (f) ([`kernel`]) creates and deletes. Every process is started with a bounded lifetime and stopped by PID
 //! ([`procs`]).
 
 mod docs;
+pub mod kernel;
 pub mod machine;
 mod markdown;
 pub mod measure;
@@ -39,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-pub use docs::{BEGIN, END, chart_path, splice, write as write_doc};
+pub use docs::{BEGIN, END, chart_path, merge, splice, write as write_doc};
+pub use kernel::{KernelOutcome, KernelSettings};
 pub use peers::{PeerId, PeerStatus, default_udp_fanout};
 pub use placement::Pinning;
 pub use plot::write_svg;
@@ -65,6 +70,9 @@ pub struct CompareConfig {
     pub repeats: u32,
     /// Step lengths.
     pub settings: SweepSettings,
+    /// Length of one of scenario (f)'s windows (each mode at the generator's maximum; in
+    /// `--quick`, at a low fixed rate).
+    pub kernel_window: Duration,
     /// Where the bench's threads run.
     pub pinning: Pinning,
     /// The flows' source address on loopback.
@@ -95,6 +103,7 @@ impl CompareConfig {
                 bisect_steps: 3,
                 fixed: Duration::from_secs(2),
             },
+            kernel_window: Duration::from_secs(2),
             pinning: Pinning::default_for_machine(),
             client_ip: Ipv4Addr::new(127, 0, 90, 1),
             client_ports: (31_000, 31_999),
@@ -115,6 +124,7 @@ impl CompareConfig {
                 bisect_steps: 0,
                 fixed: Duration::from_millis(300),
             },
+            kernel_window: fanout_ebpf::netbench::measure::CHECK_WINDOW,
             client_ip: Ipv4Addr::new(127, 0, 91, 1),
             client_ports: (32_000, 32_511),
             budget: Duration::from_secs(45),
@@ -142,7 +152,14 @@ pub fn run(cfg: &CompareConfig, stop: &AtomicBool) -> anyhow::Result<CompareRepo
     };
     let mut failures = Vec::new();
     let mut scenarios = Vec::new();
+    let mut kernel = None;
     for &sid in &cfg.scenarios {
+        if sid.is_kernel() {
+            let k = run_kernel(cfg, t0, stop);
+            note_kernel(&k, &mut failures, &mut warnings);
+            kernel = Some(k);
+            continue;
+        }
         let spec = sid.spec();
         let rows = statuses
             .iter()
@@ -162,11 +179,80 @@ pub fn run(cfg: &CompareConfig, stop: &AtomicBool) -> anyhow::Result<CompareRepo
         settings: cfg.settings,
         peers: statuses,
         scenarios,
+        kernel,
         failures,
         warnings,
         elapsed: t0.elapsed(),
         date: machine::today(),
     })
+}
+
+/// Runs (or skips) scenario (f).
+fn run_kernel(cfg: &CompareConfig, t0: Instant, stop: &AtomicBool) -> KernelOutcome {
+    if stop.load(Ordering::Relaxed) {
+        return KernelOutcome::Failed {
+            error: "interrupted".to_owned(),
+        };
+    }
+    if t0.elapsed() > cfg.budget {
+        return KernelOutcome::Failed {
+            error: format!(
+                "not started: the time budget of {:?} was used up",
+                cfg.budget
+            ),
+        };
+    }
+    let started = Instant::now();
+    let settings = KernelSettings {
+        rounds: cfg.repeats,
+        window: cfg.kernel_window,
+        quick: cfg.quick,
+    };
+    let k = kernel::run(&settings, cfg.progress, stop);
+    if cfg.progress {
+        let what = match &k {
+            KernelOutcome::Measured(_) => "measured".to_owned(),
+            KernelOutcome::Quick(q) if q.rows.iter().all(|r| r.problems.is_empty()) => {
+                "consistent".to_owned()
+            }
+            KernelOutcome::Quick(_) => "PROBLEMS".to_owned(),
+            KernelOutcome::NotApplicable { reason } => format!("n/a: {reason}"),
+            KernelOutcome::Failed { error } => format!("FAILED: {error}"),
+        };
+        eprintln!(
+            "(f) kernel plane: {what} ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    k
+}
+
+/// Records (f)'s failure or inconsistencies in the report's lists.
+fn note_kernel(k: &KernelOutcome, failures: &mut Vec<String>, warnings: &mut Vec<String>) {
+    match k {
+        KernelOutcome::Failed { error } => failures.push(format!("(f) kernel plane: {error}")),
+        KernelOutcome::Quick(q) => {
+            for r in &q.rows {
+                let who = format!("(f) {} {}", r.traffic, r.mode);
+                failures.extend(r.problems.iter().map(|p| format!("{who}: {p}")));
+                warnings.extend(r.warnings.iter().map(|w| format!("{who}: {w}")));
+            }
+        }
+        KernelOutcome::Measured(m) => {
+            for c in &m.cases {
+                for r in c.rows.iter().filter(|r| !r.inconsistencies.is_empty()) {
+                    warnings.push(format!(
+                        "(f) {} {}: counters did not add up in {} window(s): {}",
+                        c.traffic,
+                        r.mode,
+                        r.inconsistencies.len(),
+                        r.inconsistencies.join("; ")
+                    ));
+                }
+            }
+        }
+        KernelOutcome::NotApplicable { .. } => {}
+    }
 }
 
 /// Runs (or skips) one pair.

@@ -235,6 +235,7 @@ mod tests {
             },
             peers: Vec::new(),
             scenarios,
+            kernel: None,
             failures: Vec::new(),
             warnings: Vec::new(),
             elapsed: Duration::ZERO,

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::kernel::KernelOutcome;
 use super::machine::Machine;
 use super::measure::Point;
 use super::peers::{PeerId, PeerStatus};
-use super::scenario::Spec;
+use super::scenario::{ScenarioId, Spec};
 use super::sweep::{Limit, Repeat, SweepSettings};
 
 /// Median and range of a few values.
@@ -226,8 +227,10 @@ pub struct CompareReport {
     pub settings: SweepSettings,
     /// Every peer asked for, installed or not.
     pub peers: Vec<PeerStatus>,
-    /// The scenarios, in order.
+    /// The peer scenarios (a)-(e) asked for, in order.
     pub scenarios: Vec<ScenarioResult>,
+    /// Scenario (f), the kernel plane in network namespaces, if it was asked for.
+    pub kernel: Option<KernelOutcome>,
     /// Runs that failed (the exit status is non-zero when there are any).
     pub failures: Vec<String>,
     /// Things a reader should know.
@@ -237,6 +240,24 @@ pub struct CompareReport {
     pub elapsed: Duration,
     /// When it ran (UTC, from the system clock).
     pub date: String,
+}
+
+impl CompareReport {
+    /// The scenarios this run covered, in order.
+    pub fn scenario_ids(&self) -> Vec<ScenarioId> {
+        let mut v: Vec<ScenarioId> = self.scenarios.iter().map(|s| s.spec.id).collect();
+        if self.kernel.is_some() {
+            v.push(ScenarioId::F);
+        }
+        v
+    }
+
+    /// Whether every peer scenario, (a) to (e), was run: then the method, the peer list and
+    /// the chart describe this run.
+    pub fn covers_all_peer_scenarios(&self) -> bool {
+        let ids = self.scenario_ids();
+        ScenarioId::PEERS.iter().all(|s| ids.contains(s))
+    }
 }
 
 #[cfg(test)]

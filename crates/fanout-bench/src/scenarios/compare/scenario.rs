@@ -1,4 +1,6 @@
-//! The five traffic shapes of the comparison, and the rates each is measured at.
+//! The comparison's scenarios: five traffic shapes run through every peer, and the rates each
+//! is measured at; and (f), the kernel plane in network namespaces, which has a rig of its own
+//! ([`super::kernel`]) and is only named here.
 //!
 //! Kept as data so that every peer runs exactly the same traffic: the peers only decide how
 //! they are wired, never what is sent. The rates are chosen for the small machines the project
@@ -10,7 +12,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// One of the comparison's scenarios, `a` to `e`.
+/// One of the comparison's scenarios, `a` to `f`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum ScenarioId {
     /// Load-balance 64-byte datagrams from 64 flows to 2 downstreams.
@@ -23,11 +25,22 @@ pub enum ScenarioId {
     D,
     /// Request/response through the reply path: 256 clients, 2 echo backends.
     E,
+    /// The kernel plane in network namespaces, against plain kernel forwarding (its own rig,
+    /// not the peers).
+    F,
 }
 
 impl ScenarioId {
     /// All scenarios, in order.
-    pub const ALL: [ScenarioId; 5] = [Self::A, Self::B, Self::C, Self::D, Self::E];
+    pub const ALL: [ScenarioId; 6] = [Self::A, Self::B, Self::C, Self::D, Self::E, Self::F];
+
+    /// The scenarios run through every peer.
+    pub const PEERS: [ScenarioId; 5] = [Self::A, Self::B, Self::C, Self::D, Self::E];
+
+    /// Whether this is (f), which runs on the kernel rig instead of the peers.
+    pub fn is_kernel(self) -> bool {
+        self == Self::F
+    }
 
     /// The letter used on the command line and in the report.
     pub fn letter(self) -> char {
@@ -37,6 +50,7 @@ impl ScenarioId {
             Self::C => 'c',
             Self::D => 'd',
             Self::E => 'e',
+            Self::F => 'f',
         }
     }
 
@@ -47,7 +61,7 @@ impl ScenarioId {
             let id = Self::ALL
                 .into_iter()
                 .find(|id| item.eq_ignore_ascii_case(&id.letter().to_string()))
-                .ok_or_else(|| format!("unknown scenario `{item}` (a, b, c, d, e)"))?;
+                .ok_or_else(|| format!("unknown scenario `{item}` (a, b, c, d, e, f)"))?;
             if !out.contains(&id) {
                 out.push(id);
             }
@@ -105,6 +119,12 @@ impl ScenarioId {
                 quick_rate: 1_000,
                 sweep_start: 5_000,
                 sweep_cap: 1_600_000,
+                ..base
+            },
+            // Measured by its own rig (super::kernel): only the title and size are used.
+            Self::F => Spec {
+                title: "kernel plane in network namespaces, against plain kernel forwarding",
+                flows: fanout_ebpf::netbench::modes::FLOWS,
                 ..base
             },
         }
@@ -192,7 +212,9 @@ mod tests {
             ScenarioId::parse_list("e,A, c,a").unwrap(),
             vec![ScenarioId::A, ScenarioId::C, ScenarioId::E]
         );
-        assert!(ScenarioId::parse_list("f").is_err());
+        assert!(ScenarioId::parse_list("g").is_err());
+        assert_eq!(ScenarioId::parse_list("f").unwrap(), vec![ScenarioId::F]);
+        assert!(ScenarioId::F.is_kernel() && !ScenarioId::PEERS.contains(&ScenarioId::F));
         assert!(ScenarioId::parse_list("").is_err());
     }
 

@@ -408,7 +408,7 @@ mod tests {
         assert!(PeerId::UdpTee.not_applicable(ScenarioId::D).is_none());
         assert!(PeerId::Nftables.not_applicable(ScenarioId::E).is_none());
         assert!(PeerId::Socat.not_applicable(ScenarioId::E).is_none());
-        for s in ScenarioId::ALL {
+        for s in ScenarioId::PEERS {
             assert!(PeerId::UdpFanout.not_applicable(s).is_none());
             assert!(PeerId::Direct.not_applicable(s).is_none());
         }

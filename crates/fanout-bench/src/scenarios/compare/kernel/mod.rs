@@ -1,0 +1,185 @@
+//! Scenario (f): udp-fanout's kernel plane in network namespaces, against plain kernel
+//! forwarding, in the same run, with the userspace plane for reference.
+//!
+//! The other scenarios compare proxies on loopback, with a userspace generator and sinks and
+//! a fixed-rate sweep. None of that can judge the kernel plane: it forwards between
+//! interfaces, never on loopback, and a userspace sender on this kind of machine offers a
+//! fraction of what it forwards. So (f) runs on the rig of [`fanout_ebpf::netbench`]: a
+//! client, a load balancer and two backends in network namespaces joined by veths, an
+//! in-kernel generator (XDP live frames) and XDP counting sinks on the backends. Each mode is
+//! measured at the generator's maximum (which is the path's capacity on one CPU: the receive
+//! path runs in the generator's own softirq), in rounds with every mode interleaved, and
+//! reported as datagrams per second delivered, % of plain forwarding in the same round, and
+//! CPU nanoseconds per datagram (network softirq time traced at softirq entry and exit, and
+//! this process + ksoftirqd), with the idle background and, for the last figure, the
+//! generator's own cost removed. The target is kernel plane ≥ 95 % of plain
+//! forwarding.
+//!
+//! Traffic shapes: load-balance 64-byte datagrams from 1024 flows over 2 backends; mirror
+//! them to both backends (tc_ebpf's `bpf_clone_redirect`; plain forwarding is the client
+//! sending each datagram to both backends itself, which is what a client has to do without a
+//! mirror, and which costs it a second frame; XDP cannot copy and is n/a); one heavy flow (a
+//! single 5-tuple), which the userspace plane's `SO_REUSEPORT` cannot spread over its workers.
+//!
+//! `--quick` runs every mode once, briefly, at a low rate, and fails only when counters do not
+//! add up (generator, veth, sinks, the plane's own counters), never on a speed. Without root
+//! (namespaces, BPF) the scenario is n/a and everything else runs.
+
+pub(crate) mod markdown;
+pub mod summary;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use fanout_core::ListenerSnapshot;
+use fanout_ebpf::netbench::measure::{CHECK_DRAIN, CHECK_RATE, DRAIN};
+use fanout_ebpf::netbench::{self, Mode, Plane, Rig, RigOptions, Sample, Traffic};
+use fanout_udp::UserspacePlane;
+
+pub use summary::{KernelCase, KernelMeasured, KernelOutcome, KernelQuick, KernelRow, QuickRow};
+
+/// Why (f) does not run without root.
+pub const NEEDS_ROOT: &str = "needs root (network namespaces, eBPF)";
+
+/// How (f) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSettings {
+    /// Rounds (full mode).
+    pub rounds: u32,
+    /// Length of a measured window.
+    pub window: Duration,
+    /// One brief window per mode at a low rate, checked for consistency only.
+    pub quick: bool,
+}
+
+/// The userspace plane, as the rig's [`Plane`].
+struct User(UserspacePlane);
+
+impl Plane for User {
+    fn snapshot(&self) -> Option<ListenerSnapshot> {
+        self.0.snapshot().into_iter().next()
+    }
+    fn stop(self: Box<Self>) {
+        self.0.stop();
+    }
+}
+
+fn start_userspace(cfg: &fanout_config::Config) -> anyhow::Result<Box<dyn Plane>> {
+    Ok(Box::new(User(UserspacePlane::start(cfg)?)))
+}
+
+/// Runs (f); `progress` prints a line per window on stderr.
+pub(crate) fn run(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> KernelOutcome {
+    if !netbench::is_root() {
+        return KernelOutcome::NotApplicable {
+            reason: NEEDS_ROOT.to_owned(),
+        };
+    }
+    let r = if s.quick {
+        quick(s, progress, stop).map(|q| KernelOutcome::Quick(Box::new(q)))
+    } else {
+        full(s, progress, stop).map(|m| KernelOutcome::Measured(Box::new(m)))
+    };
+    r.unwrap_or_else(|e| KernelOutcome::Failed {
+        error: format!("{e:#}"),
+    })
+}
+
+fn rig(drain: Duration) -> anyhow::Result<Rig> {
+    Rig::new(RigOptions {
+        threads: 1,
+        drain,
+        userspace: Some(start_userspace),
+    })
+    .context("setting up the namespaces, generator and sinks")
+}
+
+/// The windows of one round, in order: the background, the generator alone, then every
+/// traffic shape through every mode that can carry it.
+fn plan(with_baselines: bool) -> Vec<(Mode, Traffic)> {
+    let mut v = Vec::new();
+    if with_baselines {
+        v.push((Mode::Idle, Traffic::Balance));
+    }
+    v.push((Mode::GenOnly, Traffic::Balance));
+    for t in Traffic::ALL {
+        for m in Mode::FORWARDING {
+            if t.not_applicable(m).is_none() {
+                v.push((m, t));
+            }
+        }
+    }
+    v
+}
+
+fn one(
+    rig: &mut Rig,
+    (mode, traffic): (Mode, Traffic),
+    rate: Option<u64>,
+    window: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<Sample> {
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    rig.measure(mode, traffic, rate, window)
+        .with_context(|| format!("{} with {}", mode.name(), traffic.id()))
+}
+
+fn quick(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> anyhow::Result<KernelQuick> {
+    let mut rig = rig(CHECK_DRAIN)?;
+    let mut rows = Vec::new();
+    for w in plan(false) {
+        let sample = one(&mut rig, w, Some(CHECK_RATE), s.window, stop)?;
+        let row = QuickRow::of(&sample, CHECK_RATE);
+        if progress {
+            eprintln!(
+                "(f) {} {}: offered {} delivered {} {}",
+                row.traffic,
+                row.mode,
+                sample.offered,
+                sample.delivered,
+                if row.problems.is_empty() {
+                    "consistent".to_owned()
+                } else {
+                    format!("PROBLEMS: {}", row.problems.join("; "))
+                }
+            );
+        }
+        rows.push(row);
+    }
+    Ok(KernelQuick {
+        rate: CHECK_RATE,
+        window: s.window,
+        rows,
+    })
+}
+
+fn full(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> anyhow::Result<KernelMeasured> {
+    let mut rig = rig(DRAIN)?;
+    let mut samples = Vec::new();
+    let rounds = s.rounds.max(1);
+    for round in 0..rounds {
+        for w in plan(true) {
+            let mut sample = one(&mut rig, w, None, s.window, stop)?;
+            sample.round = u64::from(round);
+            if progress {
+                eprintln!(
+                    "(f) round {}/{rounds} {} {}: {:.0} datagrams/s delivered",
+                    round + 1,
+                    sample.traffic.id(),
+                    sample.mode.id(),
+                    sample.datagrams_pps()
+                );
+            }
+            samples.push(sample);
+        }
+    }
+    Ok(summary::aggregate(
+        &samples,
+        rounds,
+        s.window,
+        rig.threads(),
+    ))
+}
