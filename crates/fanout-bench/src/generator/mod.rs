@@ -28,6 +28,7 @@ mod config;
 mod pacing;
 mod replies;
 mod sockets;
+mod timer;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -43,6 +44,7 @@ use crate::stats::{Latency, LatencySummary, ser_opt_secs, ser_secs};
 pub use config::{GenConfig, random_stream_id};
 use pacing::{Nap, Pace, Pacer};
 use replies::Replies;
+use timer::Timer;
 pub use sockets::NOFILE_SLACK;
 
 /// How long one `sendmmsg` batch may wait for room in a full socket buffer before the rest of
@@ -135,8 +137,9 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> io::Result<GenReport> {
     let opened = sockets::open(cfg)?;
     let socks = opened.socks;
     let max_size = cfg.sizes.iter().copied().max().unwrap_or(0);
+    let timer = Timer::new()?;
     let mut replies = if cfg.expect_replies {
-        Some(Replies::new(&socks, cfg.stream_id, max_size)?)
+        Some(Replies::new(&socks, cfg.stream_id, max_size, &timer)?)
     } else {
         None
     };
@@ -163,7 +166,7 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> io::Result<GenReport> {
             }
             Pace::WaitUntil(t) => {
                 let t = deadline.map_or(t, |d| t.min(d));
-                wait(now, t, replies.as_mut(), &socks)?;
+                wait(now, t, &timer, replies.as_mut(), &socks)?;
             }
         }
     }
@@ -195,32 +198,29 @@ fn burst_cap(cfg: &GenConfig) -> u64 {
         .min(limit.max(batch))
 }
 
-/// One turn of waiting for the pacer: block on replies (or sleep) when the wait is long, spin
-/// when it is short.
+/// One turn of waiting for the pacer: block on the timer (and on replies, whichever comes
+/// first) unless the wait is too short for that, then spin (still reading replies: one that
+/// arrived just before a send must not wait for it).
 fn wait(
     now: Instant,
     until: Instant,
+    timer: &Timer,
     replies: Option<&mut Replies>,
     socks: &[UdpSocket],
 ) -> io::Result<()> {
     match (pacing::nap(now, until), replies) {
         (Nap::Done, _) => Ok(()),
-        (Nap::Block(d), Some(r)) if d >= Duration::from_millis(1) => {
-            // mio rounds timeouts up to whole milliseconds; round down instead, so the poll
-            // does not overshoot the due time.
-            r.poll(socks, Duration::from_millis(d.as_millis() as u64))
-        }
-        (Nap::Block(_), Some(r)) => {
-            r.poll(socks, Duration::ZERO)?;
-            std::thread::yield_now();
-            Ok(())
+        (Nap::Block(d), Some(r)) => {
+            timer.arm(d)?;
+            r.poll_until_timer(socks)
         }
         (Nap::Block(d), None) => {
-            std::thread::sleep(d);
-            Ok(())
+            timer.arm(d)?;
+            timer.wait()
         }
-        (Nap::Spin, _) => {
-            std::thread::yield_now();
+        (Nap::Spin, Some(r)) => r.poll(socks, Duration::ZERO),
+        (Nap::Spin, None) => {
+            std::hint::spin_loop();
             Ok(())
         }
     }

@@ -7,10 +7,10 @@
 //! and sends them with one `sendmmsg`; the granule is 1 at low rates, where each datagram is
 //! timed on its own.
 //!
-//! Waiting sleeps for long waits and spins for short ones: a sleep overshoots by the timer
-//! slack (about 50 µs on Linux), which is fine at 1 kpps but would halve a 20 kpps rate, while
-//! spinning through a 100 ms gap at 10 pps would burn a core on a two-core machine that also
-//! runs the proxy under test.
+//! Waiting blocks on a precise timer ([`super::timer`]) for all but the shortest waits, which
+//! are spun: spinning through the gaps of a moderate rate would take a core from the proxy
+//! under test on a two-core machine, and a sleep overshoots by the timer slack (about 50 µs),
+//! which would halve a 20 kpps rate.
 
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,7 @@ use std::time::{Duration, Instant};
 /// burst jitter a receiver sees.
 pub(crate) const GRANULE_TIME: Duration = Duration::from_micros(200);
 
-/// Waits longer than this sleep; shorter ones spin.
-pub(crate) const SLEEP_ABOVE: Duration = Duration::from_micros(150);
-
-/// How much earlier than the due time a sleep is asked to end, to absorb the timer slack.
-pub(crate) const SLEEP_MARGIN: Duration = Duration::from_micros(80);
+use super::timer::SPIN_BELOW;
 
 /// What the pacer says to do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +84,7 @@ impl Pacer {
 pub(crate) enum Nap {
     /// Already there.
     Done,
-    /// Block (sleep or poll) this long.
+    /// Block (on the timer, and on replies if any) this long.
     Block(Duration),
     /// Too short to block: yield or spin once.
     Spin,
@@ -98,7 +94,7 @@ pub(crate) fn nap(now: Instant, until: Instant) -> Nap {
     match until.checked_duration_since(now) {
         None => Nap::Done,
         Some(d) if d.is_zero() => Nap::Done,
-        Some(d) if d > SLEEP_ABOVE => Nap::Block(d - SLEEP_MARGIN),
+        Some(d) if d >= SPIN_BELOW => Nap::Block(d),
         Some(_) => Nap::Spin,
     }
 }
@@ -155,10 +151,10 @@ mod tests {
         let t = Instant::now();
         assert_eq!(nap(t, t), Nap::Done);
         assert_eq!(nap(t + Duration::from_millis(1), t), Nap::Done);
-        assert_eq!(nap(t, t + Duration::from_micros(50)), Nap::Spin);
+        assert_eq!(nap(t, t + Duration::from_micros(5)), Nap::Spin);
         assert_eq!(
-            nap(t, t + Duration::from_millis(10)),
-            Nap::Block(Duration::from_millis(10) - SLEEP_MARGIN)
+            nap(t, t + Duration::from_micros(50)),
+            Nap::Block(Duration::from_micros(50))
         );
     }
 }

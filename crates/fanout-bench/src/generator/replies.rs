@@ -25,11 +25,16 @@ use fanout_udp::sys::RecvBatch;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::timer::Timer;
 use crate::payload::{self, PayloadError};
 use crate::stats::{DEFAULT_WINDOW_BITS, Latency, LatencySummary, Mark, SeqWindow};
 
 /// Datagrams per `recvmmsg`.
 const RECV_BATCH: usize = 64;
+
+/// The pacing timer's token in the poller (flow sockets are tokens `0..flows`). Its expiry
+/// only ends the wait; re-arming it resets it, so it is never read.
+const TIMER: Token = Token(usize::MAX);
 
 /// Readiness events fetched per `epoll_wait`.
 const EVENTS: usize = 1024;
@@ -73,13 +78,20 @@ impl std::fmt::Debug for Replies {
 impl Replies {
     /// Registers every flow socket; `max_size` is the largest datagram of the run (echoes are
     /// the same size).
-    pub(crate) fn new(socks: &[UdpSocket], stream: u32, max_size: usize) -> io::Result<Self> {
+    pub(crate) fn new(
+        socks: &[UdpSocket],
+        stream: u32,
+        max_size: usize,
+        timer: &Timer,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         for (i, s) in socks.iter().enumerate() {
             let fd = s.as_raw_fd();
             poll.registry()
                 .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)?;
         }
+        poll.registry()
+            .register(&mut SourceFd(&timer.raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Replies {
             poll,
             events: Events::with_capacity(socks.len().clamp(1, EVENTS)),
@@ -98,14 +110,24 @@ impl Replies {
         })
     }
 
+    /// Waits for replies until the (armed) pacing timer expires, draining every socket that
+    /// has some; returns at the first wake-up, replies or timer.
+    pub(crate) fn poll_until_timer(&mut self, socks: &[UdpSocket]) -> io::Result<()> {
+        self.poll_for(socks, None)
+    }
+
     /// Waits up to `timeout` for replies (zero: just look) and drains every socket that has
     /// some.
     pub(crate) fn poll(&mut self, socks: &[UdpSocket], timeout: Duration) -> io::Result<()> {
+        self.poll_for(socks, Some(timeout))
+    }
+
+    fn poll_for(&mut self, socks: &[UdpSocket], timeout: Option<Duration>) -> io::Result<()> {
         let mut timeout = timeout;
         // Bounded, so that sockets refilling as fast as they are read cannot hold the caller
         // here: every socket ready now is reached within this many helpings.
         for _ in 0..=socks.len() / EVENTS {
-            match self.poll.poll(&mut self.events, Some(timeout)) {
+            match self.poll.poll(&mut self.events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
                 Err(e) => return Err(e),
@@ -125,7 +147,7 @@ impl Replies {
             if !full {
                 break;
             }
-            timeout = Duration::ZERO;
+            timeout = Some(Duration::ZERO);
         }
         Ok(())
     }
