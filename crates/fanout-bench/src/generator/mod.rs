@@ -44,8 +44,8 @@ use crate::stats::{Latency, LatencySummary, ser_opt_secs, ser_secs};
 pub use config::{GenConfig, random_stream_id};
 use pacing::{Nap, Pace, Pacer};
 use replies::Replies;
-use timer::Timer;
 pub use sockets::NOFILE_SLACK;
+use timer::Timer;
 
 /// How long one `sendmmsg` batch may wait for room in a full socket buffer before the rest of
 /// it counts as send errors.

@@ -86,6 +86,7 @@ impl Replies {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         for (i, s) in socks.iter().enumerate() {
+            fanout_udp::sys::socket::set_rx_timestamps(s)?;
             let fd = s.as_raw_fd();
             poll.registry()
                 .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)?;
@@ -225,7 +226,9 @@ impl Replies {
                     continue;
                 }
                 let verdict = payload::decode(d.data);
-                self.account(flow, verdict, now);
+                // The kernel's arrival time: the round trip ends when the reply is here, not
+                // when the generator (busy sending) reads it.
+                self.account(flow, verdict, d.info.rx_time_ns.unwrap_or(now));
             }
             if self.counts.unique + self.counts.short > before {
                 self.last = Some(Instant::now());

@@ -105,6 +105,9 @@ impl Sink {
                 pktinfo: opts.echo && addr.ip().is_unspecified(),
             };
             let (s, _) = socket::bind(addr, &sock_opts)?;
+            // Latency is measured to the datagram's arrival in the kernel, not to when this
+            // thread got around to reading it: the sink's own wake-up is not the proxy's.
+            socket::set_rx_timestamps(&s)?;
             bound.push(s.local_addr()?);
             socks.push(s);
         }
@@ -336,7 +339,7 @@ fn serve_socket(shared: &Shared, i: usize, scratch: &mut Scratch) -> bool {
                             truncated: d.truncated,
                         },
                         at,
-                        now,
+                        d.info.rx_time_ns.unwrap_or(now),
                     ),
                     None => st.add_recv_error(i),
                 }

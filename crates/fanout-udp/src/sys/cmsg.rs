@@ -5,8 +5,8 @@
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Bytes of control buffer per message: room for one packet-info and one segment-size message
-/// with headers and padding, rounded up generously.
+/// Bytes of control buffer per message: room for one packet-info, one segment-size and one
+/// timestamp message with headers and padding (32 + 24 + 32), rounded up generously.
 pub(crate) const CMSG_BUF_LEN: usize = 128;
 
 /// A control-message buffer aligned for `cmsghdr`.
@@ -25,6 +25,9 @@ pub struct RecvInfo {
     pub local_ip: Option<IpAddr>,
     /// The size of each coalesced datagram when UDP GRO merged several (UDP_GRO).
     pub gro_segment: Option<u16>,
+    /// When the kernel received the datagram, in nanoseconds since the Unix epoch
+    /// (SO_TIMESTAMPNS, when enabled with [`crate::sys::socket::set_rx_timestamps`]).
+    pub rx_time_ns: Option<u64>,
 }
 
 /// Parses the control messages of one received message.
@@ -66,6 +69,16 @@ pub(crate) unsafe fn parse(hdr: &libc::msghdr) -> RecvInfo {
                 // SAFETY: as above.
                 let seg: libc::c_int = unsafe { std::ptr::read_unaligned(data.cast()) };
                 info.gro_segment = u16::try_from(seg).ok();
+            }
+            (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
+                if payload_len >= mem::size_of::<libc::timespec>() =>
+            {
+                // SAFETY: as above.
+                let ts: libc::timespec = unsafe { std::ptr::read_unaligned(data.cast()) };
+                info.rx_time_ns = u64::try_from(ts.tv_sec)
+                    .ok()
+                    .and_then(|s| s.checked_mul(1_000_000_000))
+                    .and_then(|ns| ns.checked_add(u64::try_from(ts.tv_nsec).ok()?));
             }
             _ => {}
         }

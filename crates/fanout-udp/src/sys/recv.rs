@@ -232,6 +232,36 @@ mod tests {
     }
 
     #[test]
+    fn kernel_receive_time_is_reported_when_enabled() {
+        let (a, b) = pair();
+        let (_c, d) = pair();
+        crate::sys::socket::set_rx_timestamps(&b).unwrap();
+        // The kernel turns arrival stamping on from a work queue, shortly after the first
+        // socket asks for it; until then the stamp is the time of reading.
+        std::thread::sleep(Duration::from_millis(50));
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        a.send_to(b"stamped", b.local_addr().unwrap()).unwrap();
+        a.send_to(b"plain", d.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rb = RecvBatch::new(4, 64);
+        assert_eq!(rb.recv_append(b.as_fd()).unwrap(), 1);
+        assert_eq!(rb.recv_append(d.as_fd()).unwrap(), 1);
+        let stamped = rb
+            .get(0)
+            .unwrap()
+            .info
+            .rx_time_ns
+            .expect("a kernel timestamp");
+        // Received after it was sent, and well before we read it 20 ms later.
+        assert!(stamped >= before, "{stamped} < {before}");
+        assert!(stamped < before + 15_000_000, "{stamped} vs {before}");
+        assert_eq!(rb.get(1).unwrap().info.rx_time_ns, None);
+    }
+
+    #[test]
     fn empty_socket_receives_zero() {
         let (_a, b) = pair();
         let mut rb = RecvBatch::new(4, 2048);

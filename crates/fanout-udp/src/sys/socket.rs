@@ -140,6 +140,29 @@ pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
     rc == 0
 }
 
+/// Asks the kernel to stamp every datagram received on `sock` with the time it arrived
+/// (`SO_TIMESTAMPNS`, wall-clock nanoseconds, in [`crate::sys::RecvInfo::rx_time_ns`]), so a
+/// receiver can tell network latency apart from its own wake-up delay. Used by the benchmark
+/// tools; the data plane does not need it.
+pub fn set_rx_timestamps(sock: &impl AsFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd and a pointer/length pair describing one c_int alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn set_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
     let (level, name) = if v6 {

@@ -11,8 +11,18 @@ use super::super::super::daemon::Daemon;
 use super::super::rig::{Ctx, Proxy, Rig, loopback_sinks};
 use super::super::scenario::{Shape, Spec};
 
+/// Extra `dataplane:` settings for the daemon under test, as a YAML flow mapping (for example
+/// `{gso: false}` or `{workers: 1, busy_poll_us: 50}`), to measure what one setting buys with
+/// the same harness. Unset: the defaults, which is what the published table uses.
+pub const DATAPLANE_ENV: &str = "UDP_FANOUT_BENCH_DATAPLANE";
+
 /// The daemon's config for `spec` with the sinks at `sinks`.
 pub(super) fn yaml(spec: &Spec, sinks: &[std::net::SocketAddr]) -> String {
+    let dataplane = std::env::var(DATAPLANE_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| format!("dataplane: {v}\n"))
+        .unwrap_or_default();
     let downstreams: Vec<String> = sinks.iter().map(|a| format!("'{a}'")).collect();
     let (distribution, session) = match spec.shape {
         Shape::Balance => ("round_robin", ""),
@@ -21,7 +31,7 @@ pub(super) fn yaml(spec: &Spec, sinks: &[std::net::SocketAddr]) -> String {
     };
     format!(
         "listeners:\n  - name: bench\n    bind: '127.0.0.1:0'\n    distribution: {distribution}\n    \
-         downstreams: [{}]{session}\nmetrics: {{bind: '127.0.0.1:0'}}\n",
+         downstreams: [{}]{session}\nmetrics: {{bind: '127.0.0.1:0'}}\n{dataplane}",
         downstreams.join(", ")
     )
 }
