@@ -169,15 +169,27 @@ impl Traffic {
         }
     }
 
-    /// How plain forwarding is made to carry this traffic, for the reader.
-    pub fn plain_note(self) -> &'static str {
-        match self {
-            Traffic::Balance => "the client sends to the backends' addresses, alternating",
-            Traffic::Mirror => "the client sends every datagram to both backends itself",
-            Traffic::HeavyFlow => {
-                "the client sends to the backends' addresses, alternating, from one source port"
+    /// How `mode` carries this traffic, when a reader needs to know.
+    pub fn note(self, mode: Mode) -> Option<&'static str> {
+        Some(match (self, mode) {
+            (Traffic::Balance, Mode::Plain) => {
+                "the client sends to the backends' addresses, alternating"
             }
-        }
+            (Traffic::Mirror, Mode::Plain) => {
+                "the client sends every datagram to both backends itself"
+            }
+            (Traffic::HeavyFlow, Mode::Plain) => {
+                "the client sends to the backends' addresses, alternating, from one source \
+                 port; no GRO when forwarding (rx-udp-gro-forwarding off, the default)"
+            }
+            (Traffic::Mirror, Mode::Tc) => "bpf_clone_redirect: one copy per backend",
+            (Traffic::HeavyFlow, Mode::Userspace) => {
+                "one worker gets the flow (SO_REUSEPORT hashes the 4-tuple), but UDP GRO hands \
+                 it up to 64 datagrams per read and GSO sends them in runs; socket drops are \
+                 counted per GRO skb"
+            }
+            _ => return None,
+        })
     }
 }
 

@@ -177,6 +177,23 @@ pub fn merge(old: &str, new: &str, ran: &[ScenarioId], new_preamble: bool) -> St
             out.push(trimmed(b));
         }
     }
+    // Notes about no scenario (a busy machine) belong to the run that wrote the preamble;
+    // a partial run's are kept with its first scenario.
+    let general = |p: &Parts| -> Vec<String> {
+        p.notes
+            .iter()
+            .filter(|n| letter_after(n, "- ").is_none())
+            .cloned()
+            .collect()
+    };
+    let new_general: Vec<String> = match (new_preamble, ran.first()) {
+        (true, _) => general(&new),
+        (false, Some(l)) => general(&new)
+            .iter()
+            .map(|n| format!("- ({l}) {}", n.trim_start_matches("- ")))
+            .collect(),
+        (false, None) => Vec::new(),
+    };
     let notes: Vec<String> = old
         .notes
         .iter()
@@ -186,12 +203,13 @@ pub fn merge(old: &str, new: &str, ran: &[ScenarioId], new_preamble: bool) -> St
                 .iter()
                 .filter(|n| letter_after(n, "- ").is_some_and(pick)),
         )
-        .chain(
-            base.notes
-                .iter()
-                .filter(|n| letter_after(n, "- ").is_none()),
-        )
         .cloned()
+        .chain(new_general)
+        .chain(if new_preamble {
+            Vec::new()
+        } else {
+            general(&old)
+        })
         .collect();
     if !notes.is_empty() {
         out.push(format!("{NOTES}\n\n{}", notes.join("\n")));
@@ -242,7 +260,7 @@ mod tests {
              ### (a) balance\n\n| old a table |\n\n### (b) heavy\n\n| old b table |\n\n\
              ### (f) kernel\n\n**Method.** f method\n\n| new f table |\n\n\
              Notes from this run:\n\n- (a) old a note\n- (b) old b note\n- (f) new f note\n\
-             - the machine was busy (old)\n"
+             - (f) the machine was busy (new)\n- the machine was busy (old)\n"
         );
         // Run again: (f) replaced, not duplicated.
         let again = merge(

@@ -239,6 +239,13 @@ fn note_kernel(k: &KernelOutcome, failures: &mut Vec<String>, warnings: &mut Vec
             }
         }
         KernelOutcome::Measured(m) => {
+            if m.retried > 0 {
+                warnings.push(format!(
+                    "(f) kernel plane: {} window(s) repeated because other work used the \
+                     machine; {} still disturbed after the retries",
+                    m.retried, m.disturbed
+                ));
+            }
             for c in &m.cases {
                 for r in c.rows.iter().filter(|r| !r.inconsistencies.is_empty()) {
                     warnings.push(format!(

@@ -129,6 +129,16 @@ fn method(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {
     if !base.is_empty() {
         let _ = writeln!(out, "Baselines: {}.\n", base.join("; "));
     }
+    if m.retried > 0 || m.disturbed > 0 {
+        let _ = writeln!(
+            out,
+            "Other work used the machine during this run: {} window(s) were measured again \
+             after it got quiet, {} still disturbed after the retries (at most {:.2} of a core \
+             taken by others in a kept window). Throughput is the figure most affected; the \
+             CPU per datagram of this process + ksoftirqd the least.\n",
+            m.retried, m.disturbed, m.max_foreign_share
+        );
+    }
 }
 
 fn measured(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {

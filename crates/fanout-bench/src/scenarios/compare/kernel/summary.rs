@@ -50,6 +50,12 @@ pub struct KernelMeasured {
     pub generator_ns: Option<Spread>,
     /// The idle machine's network softirq, CPU-ms per second.
     pub idle_softirq_ms_per_s: Option<Spread>,
+    /// Other work's share of a core in each window, the largest.
+    pub max_foreign_share: f64,
+    /// Windows measured again because other work used the machine.
+    pub retried: u32,
+    /// Windows still disturbed after the retries.
+    pub disturbed: u32,
     /// One entry per traffic shape.
     pub cases: Vec<KernelCase>,
 }
@@ -217,6 +223,9 @@ pub(crate) fn aggregate(
         ),
         generator_ns: gen_ns,
         idle_softirq_ms_per_s: spread(&idle),
+        max_foreign_share: samples.iter().map(super::foreign_share).fold(0.0, f64::max),
+        retried: 0,
+        disturbed: 0,
         cases,
     }
 }
@@ -234,7 +243,7 @@ fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) ->
         cpu_ns_net: None,
         split: Vec::new(),
         attach: String::new(),
-        note: (mode == Mode::Plain).then(|| traffic.plain_note()),
+        note: traffic.note(mode),
         inconsistencies: Vec::new(),
     };
     let v: Vec<&Sample> = samples
