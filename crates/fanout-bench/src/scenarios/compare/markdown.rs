@@ -172,8 +172,8 @@ impl CompareReport {
         );
     }
 
-    fn summary(&self, s: &mut String) {
-        let _ = writeln!(s, "Summary (ratios of median maximum lossless rates):\n");
+    fn summary(&self, out: &mut String) {
+        let mut s = String::new();
         for sc in &self.scenarios {
             let Some(fanout) = sc.max_of(PeerId::UdpFanout) else {
                 continue;
@@ -216,7 +216,12 @@ impl CompareReport {
         {
             let _ = writeln!(s, "{line}");
         }
-        s.push('\n');
+        if !s.is_empty() {
+            let _ = writeln!(
+                out,
+                "Summary (ratios of median maximum lossless rates):\n\n{s}"
+            );
+        }
     }
 }
 
