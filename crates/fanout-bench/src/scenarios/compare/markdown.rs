@@ -126,8 +126,9 @@ impl CompareReport {
              from a scenario's starting rate until one loses 0.1 % or more, or the generator \
              cannot offer it, then the gap is bisected {} times: the maximum lossless rate is \
              the highest rate that passed. Then the scenario's fixed rate runs for {:.1} s for \
-             latency (one-way, from the timestamp in each datagram to its arrival at a sink; \
-             for (e) the round trip) and cost: CPU seconds (utime + stime, including reaped \
+             latency (one-way, from the send timestamp in each datagram to its arrival in the \
+             sink's kernel, `SO_TIMESTAMPNS`, so a sink's own wake-up is not counted; for (e) \
+             the round trip, to the reply's arrival in the generator's kernel) and cost: CPU seconds (utime + stime, including reaped \
              children) of the peer's processes from `/proc/PID/stat` per million datagrams \
              offered (requests for (e), input datagrams for a mirror), and peak RSS (`VmHWM`, \
              summed over its processes). Medians of {} repeats, min–max in parentheses; ratios \
