@@ -80,6 +80,7 @@ fn main() {
         threads: env_num("UF_BENCH_GEN_THREADS", 1).max(1) as usize,
         drain: if bench { DRAIN } else { CHECK_DRAIN },
         userspace: Some(start_userspace),
+        external: None,
     })
     .unwrap_or_else(|e| panic!("setting up: {e:#}"));
 
@@ -99,7 +100,7 @@ fn main() {
     for (name, load) in &loads {
         let mut samples = Vec::new();
         for r in 0..rounds {
-            for mode in Mode::ALL {
+            for mode in Mode::IN_PROCESS {
                 let mut s = rig
                     .measure(mode, Traffic::Balance, *load, dur)
                     .unwrap_or_else(|e| panic!("{}: {e:#}", mode.name()));
@@ -157,7 +158,7 @@ fn main() {
 /// subtracted); every mode must deliver everything and its counters add up.
 fn check_mode(rig: &mut Rig, started: Instant) {
     let mut failures = Vec::new();
-    for mode in Mode::ALL.into_iter().filter(|&m| m != Mode::Idle) {
+    for mode in Mode::IN_PROCESS.into_iter().filter(|&m| m != Mode::Idle) {
         let s = rig
             .measure(mode, Traffic::Balance, Some(CHECK_RATE), CHECK_WINDOW)
             .unwrap_or_else(|e| panic!("{}: {e:#}", mode.name()));

@@ -11,6 +11,8 @@
 //! - utime + stime of this process (generator threads, a plane's threads, and the softirqs
 //!   they ran) plus the ksoftirqd threads: the CPU the measured traffic used, nearly immune to
 //!   other load (only softirq work crossing between our tasks and others' is misattributed).
+//!   When a third-party proxy runs (its own processes), their utime + stime (reaped children
+//!   included) is added to this figure, and also kept apart as `proxy`.
 //!
 //! Figures are CPU-milliseconds per million packets, which is the same number as CPU
 //! nanoseconds per packet.
@@ -35,7 +37,10 @@ pub struct Cpu {
     pub steal: u64,
     /// This process (every thread it ever had: generator, planes) plus the ksoftirqd
     /// threads, ticks: the CPU the measured traffic used, whoever else shares the machine.
+    /// Includes `proxy`.
     pub own: u64,
+    /// A third-party proxy's processes (utime + stime + cutime + cstime), ticks; 0 without.
+    pub proxy: u64,
     /// NET_TX + NET_RX softirq time, traced (ns; not ticks).
     pub net_softirq_ns: u64,
 }
@@ -74,10 +79,13 @@ fn ksoftirqd() -> &'static [String] {
 }
 
 impl Cpu {
-    /// Reads the counters now; `net_softirq_ns` is the traced total passed in.
-    pub fn read(net_softirq_ns: u64) -> anyhow::Result<Cpu> {
-        let own =
-            task_ticks("/proc/self/stat") + ksoftirqd().iter().map(|p| task_ticks(p)).sum::<u64>();
+    /// Reads the counters now; `net_softirq_ns` is the traced total passed in, `proxy_pids`
+    /// a third-party proxy's processes (empty without).
+    pub fn read(net_softirq_ns: u64, proxy_pids: &[u32]) -> anyhow::Result<Cpu> {
+        let proxy = super::external::ticks_of(proxy_pids);
+        let own = task_ticks("/proc/self/stat")
+            + ksoftirqd().iter().map(|p| task_ticks(p)).sum::<u64>()
+            + proxy;
         let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
         let line = s
             .lines()
@@ -96,6 +104,7 @@ impl Cpu {
             softirq: at(6),
             steal: at(7),
             own,
+            proxy,
             net_softirq_ns,
         })
     }
@@ -109,6 +118,7 @@ impl Cpu {
             irq: self.irq.saturating_sub(before.irq),
             steal: self.steal.saturating_sub(before.steal),
             own: self.own.saturating_sub(before.own),
+            proxy: self.proxy.saturating_sub(before.proxy),
             net_softirq_ns: self.net_softirq_ns.saturating_sub(before.net_softirq_ns),
         }
     }
@@ -122,6 +132,7 @@ impl Cpu {
             system: self.system as f64 * k,
             user: self.user as f64 * k,
             own: self.own as f64 * k,
+            proxy: self.proxy as f64 * k,
             net_softirq: self.net_softirq_ns as f64 / 1e6 / w,
         }
     }
@@ -146,8 +157,10 @@ pub struct Rates {
     pub system: f64,
     /// /proc/stat user.
     pub user: f64,
-    /// This process + ksoftirqd.
+    /// This process + ksoftirqd (+ a proxy's processes).
     pub own: f64,
+    /// A third-party proxy's processes.
+    pub proxy: f64,
     /// NET_TX + NET_RX softirq, traced.
     pub net_softirq: f64,
 }
@@ -165,6 +178,7 @@ impl Rates {
             user: net(self.user, idle.user),
             net_softirq: net(self.net_softirq, idle.net_softirq),
             own: net(self.own, idle.own),
+            proxy: net(self.proxy, idle.proxy),
         }
     }
 }
@@ -180,8 +194,11 @@ pub struct PerMillion {
     pub user: f64,
     /// NET_TX + NET_RX softirq time, traced, the same round's idle removed.
     pub net_softirq: f64,
-    /// This process + ksoftirqd, the same round's idle (ksoftirqd's background) removed.
+    /// This process + ksoftirqd (+ a proxy's processes), the same round's idle (ksoftirqd's
+    /// background) removed.
     pub own: f64,
+    /// Of `own`, a third-party proxy's processes.
+    pub proxy: f64,
 }
 
 impl PerMillion {
@@ -211,7 +228,8 @@ mod tests {
         let pm = busy.per_million(&idle, Duration::from_secs(2), 10_000_000);
         assert!((pm.net_softirq - 100.0).abs() < 1e-9, "{pm:?}");
         assert!((pm.own - 160.0).abs() < 1e-9, "{pm:?}");
-        let c = Cpu::read(0).unwrap();
+        let c = Cpu::read(0, &[std::process::id()]).unwrap();
+        assert!(c.own >= c.proxy);
         assert!(c.user + c.system > 0);
         assert_eq!(c.since(c), Cpu::default());
     }

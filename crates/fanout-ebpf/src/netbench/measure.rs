@@ -6,6 +6,13 @@
 //! `xdp_xmit_errors`, the load balancer veth's rx counter, the sinks' per-backend counts (and
 //! checksums), the plane's own counters (received, forwarded, per downstream, socket drops),
 //! the backend-facing veths' tx drops and the namespace's UDP buffer errors.
+//!
+//! A third-party proxy (a [`Mode::Peer`]) is started by the caller's [`StartExternal`]; the
+//! window waits until it has bound its sockets and forwards a probe before measuring, and
+//! settles (waits until the backends' counters stop moving) after the warm-up, because a
+//! proxy that is still creating sessions would otherwise deliver warm-up datagrams inside the
+//! window. It has no counters of its own to check: its datagrams are balanced against the
+//! namespace's UDP receive-buffer errors instead.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +20,7 @@ use anyhow::Context as _;
 use fanout_core::ListenerSnapshot;
 
 use super::cpu::Cpu;
+use super::external::{ExternalSpec, StartExternal, wait_bound};
 use super::generator::Aim;
 use super::modes::{Mode, Running, StartUserspace, Traffic, config, start_kernel};
 use super::object::BenchObject;
@@ -150,6 +158,8 @@ pub struct RigOptions {
     pub drain: Duration,
     /// Starts the userspace plane; without it, [`Mode::Userspace`] is an error.
     pub userspace: Option<StartUserspace>,
+    /// Starts a third-party proxy; without it, a [`Mode::Peer`] is an error.
+    pub external: Option<StartExternal>,
 }
 
 /// The namespaces, the loaded generator and sinks: everything a window needs. The BPF
@@ -198,7 +208,54 @@ impl Rig {
                         .context("starting the userspace plane")?;
                 Running::User(plane)
             }
+            Mode::Peer(p) => {
+                let start = self.opts.external.context("no way to start a third-party proxy")?;
+                let spec = ExternalSpec::new(t.lb.name(), traffic);
+                let mut ext = start(p, &spec).with_context(|| format!("starting {}", p.name()))?;
+                wait_bound(&t.lb, ext.as_mut())
+                    .with_context(|| format!("waiting for {} to bind its port", p.name()))?;
+                self.probe(mode, traffic)
+                    .with_context(|| format!("{} forwards nothing", p.name()))?;
+                Running::External(ext)
+            }
         })
+    }
+
+    /// Datagrams counted at the backends so far.
+    fn at_backends(&self) -> anyhow::Result<u64> {
+        Ok(self.obj.sink()?[..BACKENDS].iter().map(|s| s.packets).sum())
+    }
+
+    /// Sends a few datagrams until some reach a backend (a proxy that has bound its sockets
+    /// may not serve them yet), then [`Self::settle`]s.
+    fn probe(&mut self, mode: Mode, traffic: Traffic) -> anyhow::Result<()> {
+        self.obj.aim(&Self::aim(mode, traffic))?;
+        let client_ns = self.topo.client.name().to_owned();
+        let before = self.at_backends()?;
+        let end = Instant::now() + super::external::STARTUP;
+        while self.at_backends()? == before {
+            if Instant::now() >= end {
+                anyhow::bail!("no probe datagram reached a backend");
+            }
+            self.obj
+                .generate(&client_ns, Some(20_000), Duration::from_millis(10), 1)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.settle()
+    }
+
+    /// Waits (up to 2 s) until the backends' counters stop moving.
+    fn settle(&self) -> anyhow::Result<()> {
+        let end = Instant::now() + Duration::from_secs(2);
+        let mut last = self.at_backends()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(30));
+            let now = self.at_backends()?;
+            if now == last || Instant::now() >= end {
+                return Ok(());
+            }
+            last = now;
+        }
     }
 
     fn stop(&mut self, running: Running) -> anyhow::Result<()> {
@@ -206,6 +263,7 @@ impl Rig {
             Running::Sink(id) => self.obj.detach_lb_sink(id)?,
             Running::User(u) => u.stop(),
             Running::Kernel(k) => drop(k),
+            Running::External(e) => drop(e),
             Running::Nothing => {}
         }
         Ok(())
@@ -305,9 +363,13 @@ impl Rig {
             self.obj
                 .generate(&client_ns, Some(100_000), Duration::from_millis(20), 1)?;
             std::thread::sleep(Duration::from_millis(50));
+            if matches!(mode, Mode::Peer(_)) {
+                self.settle()?;
+            }
         }
+        let pids = running.pids();
         let before = self.counters(running)?;
-        let cpu0 = Cpu::read(self.obj.softirq_ns()?)?;
+        let cpu0 = Cpu::read(self.obj.softirq_ns()?, &pids)?;
         let t0 = Instant::now();
         let (asked, gen_time) = if mode == Mode::Idle {
             std::thread::sleep(dur);
@@ -317,7 +379,7 @@ impl Rig {
                 .generate(&client_ns, rate, dur, self.opts.threads)?
         };
         std::thread::sleep(self.opts.drain);
-        let cpu = Cpu::read(self.obj.softirq_ns()?)?.since(cpu0);
+        let cpu = Cpu::read(self.obj.softirq_ns()?, &pids)?.since(cpu0);
         let window = t0.elapsed();
         let after = self.counters(running)?;
         Ok((before, after, cpu, asked, gen_time, window))
@@ -360,15 +422,18 @@ pub fn check(s: &Sample) -> Vec<String> {
             s.offered
         ),
     );
-    if s.mode != Mode::GenOnly {
+    // A per-session proxy sends one flow's datagrams to one backend.
+    let one_session = matches!(s.mode, Mode::Peer(p) if p.per_session())
+        && s.traffic == Traffic::HeavyFlow;
+    if s.mode != Mode::GenOnly && !one_session {
         want(
             s.per_backend.iter().all(|&n| n > 0),
             format!("a backend got nothing: {:?}", s.per_backend),
         );
     }
-    // Everything the kernel paths deliver carries complete, valid checksums; the userspace
-    // plane's sends leave the UDP checksum to (absent) offload, so it is not checked there.
-    if s.mode != Mode::Userspace {
+    // Everything the kernel paths deliver carries complete, valid checksums; userspace
+    // proxies' sends leave the UDP checksum to (absent) offload, so it is not checked there.
+    if !s.mode.is_socket_proxy() {
         want(
             s.csum_ok == s.delivered,
             format!(
@@ -380,6 +445,19 @@ pub fn check(s: &Sample) -> Vec<String> {
     }
     if let Some(p) = &s.plane {
         plane_checks(s, p, &mut want);
+    }
+    if matches!(s.mode, Mode::Peer(_)) {
+        // No counters of the proxy's own: a datagram its listening socket had no room for is
+        // a receive-buffer error in the namespace, and is not delivered.
+        want(
+            s.delivered + s.lb.rcvbuf_errors <= s.expected(),
+            format!(
+                "delivered {} + lb UDP RcvbufErrors {} > {} expected",
+                s.delivered,
+                s.lb.rcvbuf_errors,
+                s.expected()
+            ),
+        );
     }
     bad
 }
@@ -446,7 +524,7 @@ fn plane_checks(s: &Sample, p: &ListenerSnapshot, want: &mut impl FnMut(bool, St
 /// what its socket buffers overflowed, which [`check`] balances against its counters.
 pub fn check_lossless(s: &Sample, rate: u64) -> Vec<String> {
     let mut bad = check(s);
-    if s.mode != Mode::Userspace && s.mode != Mode::Idle && s.delivered != s.expected() {
+    if !s.mode.is_socket_proxy() && s.mode != Mode::Idle && s.delivered != s.expected() {
         bad.push(format!(
             "lost {} of {} at {rate} pps",
             s.expected().saturating_sub(s.delivered),

@@ -24,7 +24,10 @@
 //! - [`cpu`]: CPU accounting: /proc/stat, traced network softirq time, this process +
 //!   ksoftirqd.
 //! - [`modes`]: what runs in the load balancer (plain forwarding, kernel plane xdp/tc_ebpf,
-//!   userspace plane) and the traffic shapes (balance, mirror, one heavy flow).
+//!   userspace plane, third-party proxies) and the traffic shapes (balance, mirror, one heavy
+//!   flow).
+//! - [`external`]: third-party userspace proxies (nginx, Envoy), started by the caller in the
+//!   load balancer's namespace; the rig waits for their sockets and counts their CPU.
 //! - [`measure`]: one window (start, warm up, count, generate, drain, count, stop) and the
 //!   checks that its counters add up.
 //! - [`report`]: per-datagram CPU, % of plain forwarding, the bench's table.
@@ -32,6 +35,7 @@
 //! Everything here needs root (namespaces, BPF); [`is_root`] says whether to try.
 
 pub mod cpu;
+pub mod external;
 pub mod generator;
 pub mod measure;
 pub mod modes;
@@ -41,6 +45,7 @@ pub mod sink;
 pub mod topology;
 
 pub use measure::{Rig, RigOptions, Sample, check, check_lossless};
+pub use external::{External, ExternalSpec, Peer, StartExternal};
 pub use modes::{Mode, Plane, StartUserspace, Traffic};
 
 /// Whether this process may build the rig: network namespaces and BPF need root.

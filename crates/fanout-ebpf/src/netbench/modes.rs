@@ -13,6 +13,10 @@
 //! - `userspace plane`: udp-fanout's userspace plane, same listener, default settings (one
 //!   worker per CPU). It lives in the `fanout-udp` crate, which this one does not depend on,
 //!   so the caller passes a [`StartUserspace`] function that starts it.
+//! - `nginx …` / `Envoy …` ([`Mode::Peer`]): a third-party userspace proxy on the same
+//!   listener, started by the caller in the load balancer's namespace ([`super::external`]),
+//!   for comparing userspace proxies where the proxy, not the generator, is the limit. They
+//!   cannot mirror.
 //!
 //! Traffic: 64-byte datagrams to the listener, balanced round-robin over many flows, or
 //! mirrored to both backends, or one heavy flow (a single 5-tuple). For a mirror, plain
@@ -22,6 +26,7 @@
 use anyhow::{Context as _, anyhow};
 use fanout_core::ListenerSnapshot;
 
+use super::external::{External, Peer};
 use super::topology::{BACKEND_PORT, BACKENDS, PORT, VIP, backend_ip, dotted};
 use crate::plane::KernelPlane;
 
@@ -40,11 +45,27 @@ pub enum Mode {
     Tc,
     /// The userspace plane.
     Userspace,
+    /// A third-party userspace proxy.
+    Peer(Peer),
 }
 
 impl Mode {
     /// Every mode, in the order a round runs them.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 10] = [
+        Mode::Idle,
+        Mode::GenOnly,
+        Mode::Plain,
+        Mode::Xdp,
+        Mode::Tc,
+        Mode::Userspace,
+        Mode::Peer(Peer::NginxSession),
+        Mode::Peer(Peer::NginxDatagram),
+        Mode::Peer(Peer::EnvoySession),
+        Mode::Peer(Peer::EnvoyPacket),
+    ];
+
+    /// The modes that run in this process (no third-party proxy).
+    pub const IN_PROCESS: [Mode; 6] = [
         Mode::Idle,
         Mode::GenOnly,
         Mode::Plain,
@@ -54,7 +75,16 @@ impl Mode {
     ];
 
     /// The modes that forward traffic.
-    pub const FORWARDING: [Mode; 4] = [Mode::Plain, Mode::Xdp, Mode::Tc, Mode::Userspace];
+    pub const FORWARDING: [Mode; 8] = [
+        Mode::Plain,
+        Mode::Xdp,
+        Mode::Tc,
+        Mode::Userspace,
+        Mode::Peer(Peer::NginxSession),
+        Mode::Peer(Peer::NginxDatagram),
+        Mode::Peer(Peer::EnvoySession),
+        Mode::Peer(Peer::EnvoyPacket),
+    ];
 
     /// The name in tables.
     pub fn name(self) -> &'static str {
@@ -65,6 +95,7 @@ impl Mode {
             Mode::Xdp => "kernel plane, xdp",
             Mode::Tc => "kernel plane, tc_ebpf",
             Mode::Userspace => "userspace plane",
+            Mode::Peer(p) => p.name(),
         }
     }
 
@@ -77,12 +108,19 @@ impl Mode {
             Mode::Xdp => "xdp",
             Mode::Tc => "tc_ebpf",
             Mode::Userspace => "userspace",
+            Mode::Peer(p) => p.id(),
         }
     }
 
     /// Whether udp-fanout's kernel plane runs.
     pub fn is_kernel_plane(self) -> bool {
         matches!(self, Mode::Xdp | Mode::Tc)
+    }
+
+    /// Whether a userspace proxy forwards (udp-fanout's userspace plane or a peer): its
+    /// sockets may overflow, and its sends leave the UDP checksum to (absent) offload.
+    pub fn is_socket_proxy(self) -> bool {
+        matches!(self, Mode::Userspace | Mode::Peer(_))
     }
 }
 
@@ -165,6 +203,12 @@ impl Traffic {
     pub fn not_applicable(self, mode: Mode) -> Option<&'static str> {
         match (self, mode) {
             (Traffic::Mirror, Mode::Xdp) => Some("XDP cannot copy a frame: mirror needs tc_ebpf"),
+            (Traffic::Mirror, Mode::Peer(Peer::NginxSession | Peer::NginxDatagram)) => {
+                Some("nginx's stream module has no UDP mirroring")
+            }
+            (Traffic::Mirror, Mode::Peer(Peer::EnvoySession | Peer::EnvoyPacket)) => {
+                Some("Envoy's udp_proxy has no mirroring")
+            }
             _ => None,
         }
     }
@@ -187,6 +231,17 @@ impl Traffic {
                 "one worker gets the flow (SO_REUSEPORT hashes the 4-tuple), but UDP GRO hands \
                  it up to 64 datagrams per read and GSO sends them in runs; socket drops are \
                  counted per GRO skb"
+            }
+            (Traffic::HeavyFlow, Mode::Peer(p)) if p.per_session() => {
+                "one session: every datagram goes to the backend the first one chose, from the \
+                 one worker SO_REUSEPORT picked"
+            }
+            (Traffic::HeavyFlow, Mode::Peer(_)) => {
+                "balanced per datagram, but one worker gets the flow (SO_REUSEPORT hashes the \
+                 4-tuple)"
+            }
+            (Traffic::Balance, Mode::Peer(p)) if p.per_session() => {
+                "a session per flow, each balanced round-robin"
             }
             _ => return None,
         })
@@ -235,6 +290,8 @@ pub(crate) enum Running {
     Kernel(KernelPlane),
     /// udp-fanout's userspace plane.
     User(Box<dyn Plane>),
+    /// A third-party proxy (stopped when dropped).
+    External(Box<dyn External>),
 }
 
 impl Running {
@@ -243,7 +300,15 @@ impl Running {
         match self {
             Running::Kernel(k) => k.snapshot().into_iter().next(),
             Running::User(u) => u.snapshot(),
-            Running::Nothing | Running::Sink(_) => None,
+            Running::Nothing | Running::Sink(_) | Running::External(_) => None,
+        }
+    }
+
+    /// The PIDs of a third-party proxy's processes (their CPU is the window's too).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        match self {
+            Running::External(e) => e.pids(),
+            _ => Vec::new(),
         }
     }
 
@@ -257,7 +322,7 @@ impl Running {
                 .collect::<Vec<_>>()
                 .join(", "),
             Running::Sink(_) => "xdp sink on lb ingress".into(),
-            Running::Nothing | Running::User(_) => String::new(),
+            Running::Nothing | Running::User(_) | Running::External(_) => String::new(),
         }
     }
 }
@@ -286,5 +351,16 @@ mod tests {
         assert_eq!(Traffic::Mirror.frames_per_datagram(Mode::Plain), 2);
         assert_eq!(Traffic::Mirror.frames_per_datagram(Mode::Tc), 1);
         assert!(Traffic::Mirror.not_applicable(Mode::Xdp).is_some());
+        assert!(
+            Traffic::Mirror
+                .not_applicable(Mode::Peer(Peer::EnvoyPacket))
+                .is_some()
+        );
+        assert!(
+            Traffic::HeavyFlow
+                .not_applicable(Mode::Peer(Peer::NginxSession))
+                .is_none()
+        );
+        assert_eq!(Mode::Peer(Peer::NginxDatagram).id(), "nginx-datagram");
     }
 }

@@ -68,11 +68,31 @@ impl Procs {
         program: &str,
         args: &[String],
     ) -> anyhow::Result<()> {
+        self.spawn_in(None, name, program, args)
+    }
+
+    /// [`Self::spawn`] in the network namespace `netns` (`ip netns exec NETNS timeout …`;
+    /// `ip` execs `timeout` in place, so the PID is still the wrapper's).
+    pub(crate) fn spawn_in(
+        &mut self,
+        netns: Option<&str>,
+        name: &str,
+        program: &str,
+        args: &[String],
+    ) -> anyhow::Result<()> {
         let log = self.dir().join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let secs = self.lifetime.as_secs().max(1).to_string();
-        let child = Command::new("timeout")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "timeout"]);
+                c
+            }
+            None => Command::new("timeout"),
+        };
+        let child = cmd
             .args(["-k", "3", &secs, program])
             .args(args)
             .stdin(Stdio::null())

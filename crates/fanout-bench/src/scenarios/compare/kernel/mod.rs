@@ -21,6 +21,14 @@
 //! mirror, and which costs it a second frame; XDP cannot copy and is n/a); one heavy flow (a
 //! single 5-tuple), which the userspace plane's `SO_REUSEPORT` cannot spread over its workers.
 //!
+//! nginx (session mode and `proxy_responses 0`) and Envoy (per-session and per-packet) run
+//! in the same windows for the balance and heavy-flow shapes (they cannot mirror), started in
+//! the load balancer's namespace by [`proxies`] with the loopback comparison's configs: here
+//! the in-kernel generator is not the limit, the proxy is, so udp-fanout's userspace plane ÷
+//! each of them is a real ratio rather than the lower bound (a) gives. Their CPU (their
+//! processes' utime + stime) is added to this process + ksoftirqd. A peer that is not
+//! installed is n/a and the rest runs.
+//!
 //! The machine may be shared: a window during which other work took more than a tenth of a
 //! core (the machine's busy time, softirq included, less this process's and the ksoftirqd
 //! threads') is measured again after waiting for the machine to get quiet, twice at most, as
@@ -31,6 +39,7 @@
 //! (namespaces, BPF) the scenario is n/a and everything else runs.
 
 pub(crate) mod markdown;
+mod proxies;
 pub mod summary;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +49,7 @@ use anyhow::{Context as _, bail};
 use fanout_core::ListenerSnapshot;
 use fanout_ebpf::netbench::cpu::tick_ms;
 use fanout_ebpf::netbench::measure::{CHECK_DRAIN, CHECK_RATE, DRAIN};
-use fanout_ebpf::netbench::{self, Mode, Plane, Rig, RigOptions, Sample, Traffic};
+use fanout_ebpf::netbench::{self, Mode, Peer, Plane, Rig, RigOptions, Sample, Traffic};
 use fanout_udp::UserspacePlane;
 
 use super::measure::DISTURBED;
@@ -100,13 +109,27 @@ fn rig(drain: Duration) -> anyhow::Result<Rig> {
         threads: 1,
         drain,
         userspace: Some(start_userspace),
+        external: Some(proxies::start),
     })
     .context("setting up the namespaces, generator and sinks")
 }
 
+/// The third-party proxies that are installed, with their versions; and those that are not.
+fn peers() -> (Vec<(Peer, String)>, Vec<Peer>) {
+    let (mut have, mut missing) = (Vec::new(), Vec::new());
+    for (p, st) in proxies::statuses() {
+        match st.version {
+            Some(v) if st.missing.is_none() => have.push((p, v)),
+            _ => missing.push(p),
+        }
+    }
+    (have, missing)
+}
+
 /// The windows of one round, in order: the background, the generator alone, then every
-/// traffic shape through every mode that can carry it.
-fn plan(with_baselines: bool) -> Vec<(Mode, Traffic)> {
+/// traffic shape through every mode that can carry it (a third-party proxy only when it is
+/// installed, not in `missing`).
+fn plan(with_baselines: bool, missing: &[Peer]) -> Vec<(Mode, Traffic)> {
     let mut v = Vec::new();
     if with_baselines {
         v.push((Mode::Idle, Traffic::Balance));
@@ -114,7 +137,8 @@ fn plan(with_baselines: bool) -> Vec<(Mode, Traffic)> {
     v.push((Mode::GenOnly, Traffic::Balance));
     for t in Traffic::ALL {
         for m in Mode::FORWARDING {
-            if t.not_applicable(m).is_none() {
+            let installed = !matches!(m, Mode::Peer(p) if missing.contains(&p));
+            if t.not_applicable(m).is_none() && installed {
                 v.push((m, t));
             }
         }
@@ -139,7 +163,8 @@ fn one(
 fn quick(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> anyhow::Result<KernelQuick> {
     let mut rig = rig(CHECK_DRAIN)?;
     let mut rows = Vec::new();
-    for w in plan(false) {
+    let (_, missing) = peers();
+    for w in plan(false, &missing) {
         let sample = one(&mut rig, w, Some(CHECK_RATE), s.window, stop)?;
         let row = QuickRow::of(&sample, CHECK_RATE);
         if progress {
@@ -162,11 +187,13 @@ fn quick(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> anyhow::Resul
         rate: CHECK_RATE,
         window: s.window,
         rows,
+        not_installed: missing.iter().map(|p| p.id()).collect(),
     })
 }
 
 /// Share of a core other work used during a window: the machine's busy time (softirq and
-/// steal included) less this process's and ksoftirqd's, which the window's own traffic used.
+/// steal included) less this process's, ksoftirqd's and a proxy's, which the window's own
+/// traffic used.
 pub(crate) fn foreign_share(s: &Sample) -> f64 {
     let c = &s.cpu;
     let busy = c.user + c.system + c.softirq + c.irq + c.steal;
@@ -188,10 +215,11 @@ const QUIET_WAIT: Duration = Duration::from_secs(20);
 fn full(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> anyhow::Result<KernelMeasured> {
     let mut rig = rig(DRAIN)?;
     let mut samples = Vec::new();
+    let (versions, missing) = peers();
     let rounds = s.rounds.max(1);
     let (mut retried, mut disturbed) = (0u32, 0u32);
     for round in 0..rounds {
-        for w in plan(true) {
+        for w in plan(true, &missing) {
             let mut sample = one(&mut rig, w, None, s.window, stop)?;
             let mut tries = 1;
             while foreign_share(&sample) > DISTURBED && tries < TRIES && retried < MAX_RETRIES {
@@ -224,7 +252,7 @@ fn full(s: &KernelSettings, progress: bool, stop: &AtomicBool) -> anyhow::Result
             samples.push(sample);
         }
     }
-    let mut m = summary::aggregate(&samples, rounds, s.window, rig.threads());
+    let mut m = summary::aggregate(&samples, rounds, s.window, rig.threads(), &versions);
     m.retried = retried;
     m.disturbed = disturbed;
     Ok(m)

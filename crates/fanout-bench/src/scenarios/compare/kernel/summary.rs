@@ -4,12 +4,13 @@
 //!
 //! Every figure is per datagram the client meant to send: for a mirror, a datagram counts
 //! once although both backends get a copy (and plain forwarding's client sends two frames
-//! for it). Ratios to plain forwarding are taken within a round, then summarised.
+//! for it). Ratios to plain forwarding, and of the userspace plane to each third-party proxy,
+//! are taken within a round, then summarised.
 
 use std::time::Duration;
 
 use fanout_ebpf::netbench::report::{find, own_net_of_generator, pct_of_plain, per_million};
-use fanout_ebpf::netbench::{Mode, Sample, Traffic, check};
+use fanout_ebpf::netbench::{Mode, Peer, Sample, Traffic, check};
 use serde::Serialize;
 
 use super::super::report::Spread;
@@ -74,10 +75,13 @@ pub struct KernelCase {
 /// One mode in one traffic shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KernelRow {
-    /// `plain`, `xdp`, `tc_ebpf`, `userspace`.
+    /// `plain`, `xdp`, `tc_ebpf`, `userspace`, or a third-party proxy (`nginx-session`,
+    /// `nginx-datagram`, `envoy-session`, `envoy-packet`).
     pub mode: &'static str,
     /// The name in tables.
     pub label: &'static str,
+    /// A third-party proxy's version.
+    pub version: Option<String>,
     /// Why the mode cannot carry this traffic, if it cannot (then nothing else is set).
     pub not_applicable: Option<&'static str>,
     /// Datagrams delivered per second (every copy of it, for a mirror).
@@ -92,6 +96,10 @@ pub struct KernelRow {
     pub cpu_ns: Option<Spread>,
     /// The same, net of generating the datagram's frames.
     pub cpu_ns_net: Option<Spread>,
+    /// Of `cpu_ns`, a third-party proxy's processes.
+    pub proxy_cpu_ns: Option<Spread>,
+    /// A third-party proxy: udp-fanout's userspace plane's datagrams/s ÷ its, same round.
+    pub userspace_ratio: Option<Spread>,
     /// Copies per backend, over all rounds.
     pub split: Vec<u64>,
     /// How the plane was attached (`xdp (native)`, `tc ingress`).
@@ -112,6 +120,8 @@ pub struct KernelQuick {
     pub window: Duration,
     /// One entry per traffic shape, and one for the generator alone.
     pub rows: Vec<QuickRow>,
+    /// Third-party proxies that are not installed (not run).
+    pub not_installed: Vec<&'static str>,
 }
 
 /// One window of the quick check.
@@ -143,7 +153,7 @@ impl QuickRow {
     /// The row for one window.
     pub(crate) fn of(s: &Sample, rate: u64) -> QuickRow {
         let mut warnings = Vec::new();
-        if s.mode != Mode::Userspace && s.delivered < s.expected() {
+        if !s.mode.is_socket_proxy() && s.delivered < s.expected() {
             warnings.push(format!(
                 "lost {} of {} at {rate}/s",
                 s.expected() - s.delivered,
@@ -174,6 +184,7 @@ pub fn label(mode: Mode) -> &'static str {
         Mode::Xdp => "kernel plane, `mode: xdp`",
         Mode::Tc => "kernel plane, `mode: tc_ebpf`",
         Mode::Userspace => "userspace plane (reference)",
+        Mode::Peer(p) => p.name(),
     }
 }
 
@@ -187,6 +198,7 @@ pub(crate) fn aggregate(
     rounds: u32,
     window: Duration,
     threads: usize,
+    versions: &[(Peer, String)],
 ) -> KernelMeasured {
     let idle_of = |r: u64| find(samples, Mode::Idle, r);
     let generator: Vec<&Sample> = samples.iter().filter(|s| s.mode == Mode::GenOnly).collect();
@@ -207,7 +219,16 @@ pub(crate) fn aggregate(
             title: t.title(),
             rows: Mode::FORWARDING
                 .into_iter()
-                .map(|m| row(samples, t, m, gen_ns.map(|g| g.median)))
+                .map(|m| {
+                    let mut r = row(samples, t, m, gen_ns.map(|g| g.median));
+                    if let Mode::Peer(p) = m {
+                        r.version = versions.iter().find(|v| v.0 == p).map(|v| v.1.clone());
+                        if r.version.is_none() && r.not_applicable.is_none() {
+                            r.not_applicable = Some(NOT_INSTALLED);
+                        }
+                    }
+                    r
+                })
                 .collect(),
         })
         .collect();
@@ -230,10 +251,23 @@ pub(crate) fn aggregate(
     }
 }
 
+/// What a missing third-party proxy's row says.
+pub const NOT_INSTALLED: &str = "not installed";
+
+/// udp-fanout's userspace plane's datagrams/s ÷ `s`'s, in `s`'s round.
+fn userspace_ratio(samples: &[Sample], s: &Sample) -> Option<f64> {
+    let u = samples
+        .iter()
+        .find(|u| u.mode == Mode::Userspace && u.traffic == s.traffic && u.round == s.round)?;
+    let peer = s.datagrams_pps();
+    (peer > 0.0).then(|| u.datagrams_pps() / peer)
+}
+
 fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) -> KernelRow {
     let mut r = KernelRow {
         mode: mode.id(),
         label: label(mode),
+        version: None,
         not_applicable: traffic.not_applicable(mode),
         datagrams_per_s: None,
         pct_of_plain: None,
@@ -241,6 +275,8 @@ fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) ->
         softirq_ns: None,
         cpu_ns: None,
         cpu_ns_net: None,
+        proxy_cpu_ns: None,
+        userspace_ratio: None,
         split: Vec::new(),
         attach: String::new(),
         note: traffic.note(mode),
@@ -277,6 +313,14 @@ fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) ->
     r.softirq_ns = spread(&pm.iter().map(|p| p.net_softirq).collect::<Vec<_>>());
     r.cpu_ns = spread(&pm.iter().map(|p| p.own).collect::<Vec<_>>());
     r.cpu_ns_net = spread(&net);
+    if matches!(mode, Mode::Peer(_)) {
+        r.proxy_cpu_ns = spread(&pm.iter().map(|p| p.proxy).collect::<Vec<_>>());
+        r.userspace_ratio = spread(
+            &v.iter()
+                .filter_map(|s| userspace_ratio(samples, s))
+                .collect::<Vec<_>>(),
+        );
+    }
     r.split = (0..v[0].per_backend.len())
         .map(|k| v.iter().map(|s| s.per_backend[k]).sum())
         .collect();

@@ -15,8 +15,10 @@ use super::super::procs::{self, Procs};
 use super::super::rig::{Ctx, Proxy, Rig, free_port, loopback_sinks};
 use super::super::scenario::Spec;
 
-/// The bootstrap for a listener on `port` over `sinks`.
-pub(super) fn bootstrap(port: u16, sinks: &[SocketAddr], per_packet: bool) -> String {
+/// The bootstrap for a listener on `listen` over `sinks` (also used by scenario (f), in the
+/// load balancer's namespace).
+pub(crate) fn bootstrap(listen: SocketAddr, sinks: &[SocketAddr], per_packet: bool) -> String {
+    let (address, port) = (listen.ip(), listen.port());
     let endpoints: String = sinks
         .iter()
         .map(|s| {
@@ -32,7 +34,7 @@ pub(super) fn bootstrap(port: u16, sinks: &[SocketAddr], per_packet: bool) -> St
   listeners:
   - name: bench
     address:
-      socket_address: {{protocol: UDP, address: 127.0.0.1, port_value: {port}}}
+      socket_address: {{protocol: UDP, address: {address}, port_value: {port}}}
     udp_listener_config:
       downstream_socket_config: {{max_rx_datagram_size: 65535}}
     socket_options:
@@ -63,15 +65,9 @@ pub(super) fn bootstrap(port: u16, sinks: &[SocketAddr], per_packet: bool) -> St
     )
 }
 
-pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, per_packet: bool) -> anyhow::Result<Rig> {
-    let sinks = loopback_sinks(spec, ctx)?;
-    let port = free_port()?;
-    let mut p = Procs::new("envoy", ctx.lifetime)?;
-    let conf = p.write(
-        "envoy.yaml",
-        &bootstrap(port, sinks.local_addrs(), per_packet),
-    )?;
-    let args = [
+/// Envoy's command line for the bootstrap at `conf`: two workers, no hot restart.
+pub(crate) fn args(conf: &std::path::Path) -> [String; 7] {
+    [
         "-c".to_owned(),
         conf.to_string_lossy().into_owned(),
         "--concurrency".to_owned(),
@@ -79,11 +75,21 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, per_packet: bool) -> anyhow::Res
         "--disable-hot-restart".to_owned(),
         "-l".to_owned(),
         "warning".to_owned(),
-    ];
-    p.spawn("envoy", "envoy", &args)?;
+    ]
+}
+
+pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, per_packet: bool) -> anyhow::Result<Rig> {
+    let sinks = loopback_sinks(spec, ctx)?;
+    let port = free_port()?;
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut p = Procs::new("envoy", ctx.lifetime)?;
+    let conf = p.write(
+        "envoy.yaml",
+        &bootstrap(listen, sinks.local_addrs(), per_packet),
+    )?;
+    p.spawn("envoy", "envoy", &args(&conf))?;
     procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, target, ctx);
+    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, listen, ctx);
     rig.wait_ready(spec, ctx.startup)?;
     Ok(rig)
 }
@@ -98,10 +104,11 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let b = bootstrap(5000, &s, true);
+        let l: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b = bootstrap(l, &s, true);
         assert!(b.contains("use_per_packet_load_balancing: true"), "{b}");
         assert!(b.contains("port_value: 5000"), "{b}");
         assert!(b.contains("address: '127.0.0.1', port_value: 2}"), "{b}");
-        assert!(bootstrap(5000, &s, false).contains("use_per_packet_load_balancing: false"));
+        assert!(bootstrap(l, &s, false).contains("use_per_packet_load_balancing: false"));
     }
 }

@@ -13,9 +13,9 @@
 //! socket buffer defaults would say nothing about the proxies.
 
 mod direct;
-mod envoy;
+pub(crate) mod envoy;
 mod nftables;
-mod nginx;
+pub(crate) mod nginx;
 mod socat;
 mod udp_fanout;
 

@@ -16,8 +16,9 @@ use super::super::rig::{Ctx, Proxy, Rig, free_port, loopback_sinks};
 use super::super::scenario::Spec;
 use super::NGINX_STREAM_MODULE;
 
-/// The config for a listener on `port` balancing over `sinks`.
-pub(super) fn conf(dir: &Path, port: u16, sinks: &[SocketAddr], session: bool) -> String {
+/// The config for a listener on `listen` balancing over `sinks` (also used by scenario (f),
+/// in the load balancer's namespace).
+pub(crate) fn conf(dir: &Path, listen: SocketAddr, sinks: &[SocketAddr], session: bool) -> String {
     let load = if Path::new(NGINX_STREAM_MODULE).is_file() {
         format!("load_module {NGINX_STREAM_MODULE};\n")
     } else {
@@ -34,7 +35,7 @@ pub(super) fn conf(dir: &Path, port: u16, sinks: &[SocketAddr], session: bool) -
         "{load}worker_processes auto;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
          events {{ worker_connections 16384; }}\n\
          stream {{\n  upstream backends {{\n{servers}  }}\n  server {{\n    \
-         listen 127.0.0.1:{port} udp reuseport rcvbuf=8m;\n    proxy_pass backends;\n\
+         listen {listen} udp reuseport rcvbuf=8m;\n    proxy_pass backends;\n\
          {responses}  }}\n}}\n"
     )
 }
@@ -42,11 +43,12 @@ pub(super) fn conf(dir: &Path, port: u16, sinks: &[SocketAddr], session: bool) -
 pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, session: bool) -> anyhow::Result<Rig> {
     let sinks = loopback_sinks(spec, ctx)?;
     let port = free_port()?;
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let mut p = Procs::new("nginx", ctx.lifetime)?;
     let dir = p.dir().to_path_buf();
     let conf_path = p.write(
         "nginx.conf",
-        &conf(&dir, port, sinks.local_addrs(), session),
+        &conf(&dir, listen, sinks.local_addrs(), session),
     )?;
     let d = dir.to_string_lossy().into_owned();
     let args = [
@@ -61,8 +63,7 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, session: bool) -> anyhow::Result
     ];
     p.spawn("nginx", "nginx", &args)?;
     procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, target, ctx);
+    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, listen, ctx);
     rig.wait_ready(spec, ctx.startup)?;
     Ok(rig)
 }
@@ -77,7 +78,8 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let c = conf(Path::new("/tmp/x"), 5000, &s, false);
+        let l: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let c = conf(Path::new("/tmp/x"), l, &s, false);
         assert!(
             c.contains("listen 127.0.0.1:5000 udp reuseport rcvbuf=8m;"),
             "{c}"
@@ -85,6 +87,6 @@ mod tests {
         assert!(c.contains("proxy_responses 0;"), "{c}");
         assert!(c.contains("server 127.0.0.1:2;"), "{c}");
         assert!(c.contains("error_log /tmp/x/error.log"), "{c}");
-        assert!(!conf(Path::new("/tmp/x"), 5000, &s, true).contains("proxy_responses"));
+        assert!(!conf(Path::new("/tmp/x"), l, &s, true).contains("proxy_responses"));
     }
 }

@@ -1,0 +1,183 @@
+//! Third-party userspace proxies (nginx, Envoy) as modes of the rig, so that udp-fanout's
+//! userspace plane can be compared with them where the proxy, not the generator, is the
+//! limit: the in-kernel generator offers several million datagrams per second, which no
+//! userspace proxy carries on this kind of machine, while a userspace sender on loopback (the
+//! other scenarios of `fanout-bench compare`) tops out near what the proxies carry.
+//!
+//! This crate knows what each peer is ([`Peer`]) and where it must listen and send
+//! ([`ExternalSpec`]), but not how to configure or start it: that is the caller's
+//! ([`StartExternal`], as [`super::StartUserspace`] is for the userspace plane), which writes
+//! the proxy's config, starts its processes in the load balancer's namespace and hands back an
+//! [`External`] that stops them by PID when dropped. The rig then waits until the proxy has
+//! bound its listening sockets in that namespace ([`wait_bound`]) and carries traffic (a
+//! startup probe in [`super::measure`]), and adds the proxy processes' CPU time to the
+//! window's accounting ([`super::cpu`]).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::modes::Traffic;
+use super::topology::{BACKEND_PORT, BACKENDS, Netns, PORT, VIP, backend_ip};
+
+/// A third-party proxy, in one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// nginx stream UDP proxy, session mode (the default `proxy_responses`).
+    NginxSession,
+    /// nginx stream UDP proxy, per datagram (`proxy_responses 0`).
+    NginxDatagram,
+    /// Envoy `udp_proxy`, per-session load balancing (the default).
+    EnvoySession,
+    /// Envoy `udp_proxy`, `use_per_packet_load_balancing: true`.
+    EnvoyPacket,
+}
+
+impl Peer {
+    /// Every peer, in table order.
+    pub const ALL: [Peer; 4] = [
+        Peer::NginxSession,
+        Peer::NginxDatagram,
+        Peer::EnvoySession,
+        Peer::EnvoyPacket,
+    ];
+
+    /// A short identifier (as `fanout-bench compare --peers` names it).
+    pub fn id(self) -> &'static str {
+        match self {
+            Peer::NginxSession => "nginx-session",
+            Peer::NginxDatagram => "nginx-datagram",
+            Peer::EnvoySession => "envoy-session",
+            Peer::EnvoyPacket => "envoy-packet",
+        }
+    }
+
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::NginxSession => "nginx, session mode",
+            Peer::NginxDatagram => "nginx, per-datagram",
+            Peer::EnvoySession => "Envoy, per-session",
+            Peer::EnvoyPacket => "Envoy, per-packet",
+        }
+    }
+
+    /// Whether a client's datagrams stick to the backend its first one chose.
+    pub fn per_session(self) -> bool {
+        matches!(self, Peer::NginxSession | Peer::EnvoySession)
+    }
+}
+
+/// Where a proxy runs, listens and sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalSpec {
+    /// The load balancer's namespace (under /var/run/netns): the proxy runs in it.
+    pub netns: String,
+    /// The listener: VIP:PORT.
+    pub listen: SocketAddrV4,
+    /// The backends, to be balanced round-robin.
+    pub backends: Vec<SocketAddrV4>,
+    /// The traffic it will carry (never a mirror).
+    pub traffic: Traffic,
+}
+
+impl ExternalSpec {
+    /// The spec for the rig's load balancer namespace `netns`.
+    pub fn new(netns: &str, traffic: Traffic) -> ExternalSpec {
+        ExternalSpec {
+            netns: netns.to_owned(),
+            listen: SocketAddrV4::new(Ipv4Addr::from(VIP), PORT),
+            backends: (0..BACKENDS)
+                .map(|k| SocketAddrV4::new(Ipv4Addr::from(backend_ip(k)), BACKEND_PORT))
+                .collect(),
+            traffic,
+        }
+    }
+}
+
+/// A running proxy the caller started. Dropping it stops its processes (by PID) and waits
+/// for them.
+pub trait External: Send {
+    /// The PIDs whose CPU time is the proxy's (every process of it, not a wrapper that only
+    /// waits).
+    fn pids(&self) -> Vec<u32>;
+    /// Listening sockets it binds on the listener's port (one per worker with `reuseport`).
+    fn sockets(&self) -> usize;
+    /// Fails (with its log) if a process of it has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()>;
+}
+
+/// Starts a peer as `spec` says, in `spec.netns`.
+pub type StartExternal = fn(Peer, &ExternalSpec) -> anyhow::Result<Box<dyn External>>;
+
+/// How long a proxy may take to bind its port.
+pub const STARTUP: Duration = Duration::from_secs(15);
+
+/// UDP sockets bound to `port` in the namespace of the calling thread.
+fn bound(port: u16) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/udp")
+        .context("reading /proc/thread-self/net/udp")?;
+    let want = format!("{port:04X}");
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|local| local.split(':').nth(1))
+                .is_some_and(|p| p == want)
+        })
+        .count())
+}
+
+/// Waits until `ext` has bound its sockets on the listener's port in `ns`, failing early if
+/// it exits.
+pub(crate) fn wait_bound(ns: &Netns, ext: &mut dyn External) -> anyhow::Result<()> {
+    let end = Instant::now() + STARTUP;
+    let want = ext.sockets().max(1);
+    loop {
+        ext.check_alive()?;
+        let n = ns.enter(|| bound(PORT))??;
+        if n >= want {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            bail!("{n} of {want} sockets bound to UDP port {PORT} after {STARTUP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// utime + stime + cutime + cstime of `pids` (their reaped children included), ticks.
+pub(crate) fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let Some((_, rest)) = s.rsplit_once(')') else {
+                return 0;
+            };
+            // After "pid (comm)": fields 14-17 at 11..15.
+            rest.split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_names_the_vip_and_both_backends() {
+        let s = ExternalSpec::new("ns", Traffic::Balance);
+        assert_eq!(s.listen.to_string(), "10.77.0.1:5514");
+        assert_eq!(s.backends.len(), BACKENDS);
+        assert_eq!(s.backends[1].to_string(), "10.77.2.2:7000");
+        assert!(Peer::NginxSession.per_session() && !Peer::EnvoyPacket.per_session());
+        assert!(ticks_of(&[std::process::id()]) > 0 || ticks_of(&[]) == 0);
+    }
+}
