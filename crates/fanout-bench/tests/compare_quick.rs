@@ -2,8 +2,9 @@
 //! through the library entry the CLI uses. It fails when a run fails or its accounting does
 //! not add up, never on a speed, and peers that are missing are skipped with the reason (and
 //! the install command) printed. Scenario (f), the kernel plane in network namespaces, runs
-//! as root (every mode and traffic shape once, counters checked against each other) and is
-//! n/a otherwise.
+//! as root (every mode and traffic shape once, counters checked against each other; nginx
+//! and Envoy in the load balancer's namespace for balance and heavy flow when installed) and
+//! is n/a otherwise.
 //!
 //! Like `session_scale.rs`, it needs the `udp-fanout` binary where cargo puts it next to this
 //! crate's (`target/<profile>/udp-fanout`), and says so and passes without running when it is
@@ -74,8 +75,30 @@ fn check_kernel(k: Option<&KernelOutcome>) {
     match k {
         Some(KernelOutcome::Quick(q)) => {
             assert!(root, "(f) ran without root?");
-            // Generator alone; balance and heavy flow through 4 modes; mirror through 3.
-            assert_eq!(q.rows.len(), 12, "{:#?}", q.rows);
+            // Generator alone; balance and heavy flow through 4 modes and every installed
+            // third-party proxy (4 at most: nginx and Envoy, two modes each); mirror through 3.
+            let peers = 4 - q.not_installed.len();
+            for p in &q.not_installed {
+                eprintln!("(f) not run: {p} (not installed)");
+            }
+            assert_eq!(q.rows.len(), 12 + 2 * peers, "{:#?}", q.rows);
+            let peer_rows = q
+                .rows
+                .iter()
+                .filter(|r| r.mode.starts_with("nginx") || r.mode.starts_with("envoy"));
+            assert_eq!(peer_rows.clone().count(), 2 * peers);
+            // No third-party proxy in a mirror; their rows have no plane counters of their own.
+            assert!(
+                peer_rows
+                    .clone()
+                    .all(|r| r.traffic != "mirror" && r.plane.is_none())
+            );
+            // The books: nothing delivered beyond what was offered.
+            assert!(
+                q.rows.iter().all(|r| r.delivered <= r.expected),
+                "{:#?}",
+                q.rows
+            );
             for r in &q.rows {
                 assert!(
                     r.problems.is_empty(),

@@ -209,7 +209,10 @@ impl Rig {
                 Running::User(plane)
             }
             Mode::Peer(p) => {
-                let start = self.opts.external.context("no way to start a third-party proxy")?;
+                let start = self
+                    .opts
+                    .external
+                    .context("no way to start a third-party proxy")?;
                 let spec = ExternalSpec::new(t.lb.name(), traffic);
                 let mut ext = start(p, &spec).with_context(|| format!("starting {}", p.name()))?;
                 wait_bound(&t.lb, ext.as_mut())
@@ -423,8 +426,8 @@ pub fn check(s: &Sample) -> Vec<String> {
         ),
     );
     // A per-session proxy sends one flow's datagrams to one backend.
-    let one_session = matches!(s.mode, Mode::Peer(p) if p.per_session())
-        && s.traffic == Traffic::HeavyFlow;
+    let one_session =
+        matches!(s.mode, Mode::Peer(p) if p.per_session()) && s.traffic == Traffic::HeavyFlow;
     if s.mode != Mode::GenOnly && !one_session {
         want(
             s.per_backend.iter().all(|&n| n > 0),

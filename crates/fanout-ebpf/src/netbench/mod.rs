@@ -44,8 +44,8 @@ pub mod report;
 pub mod sink;
 pub mod topology;
 
-pub use measure::{Rig, RigOptions, Sample, check, check_lossless};
 pub use external::{External, ExternalSpec, Peer, StartExternal};
+pub use measure::{Rig, RigOptions, Sample, check, check_lossless};
 pub use modes::{Mode, Plane, StartUserspace, Traffic};
 
 /// Whether this process may build the rig: network namespaces and BPF need root.

@@ -201,7 +201,11 @@ pub fn detail(s: &Sample) -> String {
         );
     }
     if s.cpu.proxy > 0 {
-        let _ = write!(line, "; proxy processes {} ticks (in process+ksoftirqd)", s.cpu.proxy);
+        let _ = write!(
+            line,
+            "; proxy processes {} ticks (in process+ksoftirqd)",
+            s.cpu.proxy
+        );
     }
     if s.lb.rcvbuf_errors > 0 {
         let _ = write!(line, "; lb UDP RcvbufErrors {}", s.lb.rcvbuf_errors);

@@ -1,5 +1,6 @@
 //! Scenario (f) as markdown: its own method paragraph (it is measured unlike (a)-(e)), one
-//! table per traffic shape, and its line in the summary list.
+//! table per traffic shape (with udp-fanout's userspace plane ÷ each third-party proxy where
+//! they ran), and its line in the summary list.
 //!
 //! The block starts with a `### (f)` heading like the other scenarios', so that `--write`
 //! with a subset of scenarios can replace it alone ([`super::super::docs`]).
@@ -93,7 +94,17 @@ fn method(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {
          checksums. Modes: plain kernel forwarding (`ip_forward=1`, no udp-fanout: the client \
          addresses the backends itself), udp-fanout's kernel plane with `mode: xdp` and \
          `mode: tc_ebpf`, and its userspace plane (default settings, one worker per core) for \
-         reference, all started in this process. Each mode runs at the generator's maximum for \
+         reference, all started in this process; and, for load-balancing, the third-party \
+         userspace proxies of the comparison above, started in the load balancer's namespace \
+         with the same configs (nginx's stream module in session mode and with \
+         `proxy_responses 0`, `worker_processes auto` + `reuseport`; Envoy's `udp_proxy` per \
+         session and per packet, `--concurrency 2`) on the same listener address: in (a) the \
+         userspace generator is the limit, so udp-fanout's ratios to them there are lower \
+         bounds, while here the in-kernel generator offers far more than any of them carries, \
+         so the proxy is the bottleneck and udp-fanout userspace ÷ peer (the same round's \
+         datagrams/s) is a real ratio. Their CPU (utime + stime of their processes, reaped \
+         children included, from `/proc/PID/stat`) is added to this process + ksoftirqd. Each \
+         mode runs at the generator's maximum for \
          {:.1} s: the receive path runs in the softirq the generator's own sends raise, so the \
          maximum is what the path carries on one CPU, and no fixed-rate sweep is needed (those \
          are for the userspace proxies above). {} rounds, every mode once per round, \
@@ -174,27 +185,56 @@ fn case_table(out: &mut String, c: &KernelCase) {
     } else {
         "datagrams/s delivered"
     };
+    // The userspace plane ÷ peer column, where third-party proxies ran or are listed.
+    let peers = c.rows.iter().any(|r| r.version.is_some());
+    let (ratio_head, ratio_rule) = if peers {
+        (" udp-fanout userspace ÷ this |", " --- |")
+    } else {
+        ("", "")
+    };
     let _ = writeln!(
         out,
         "**{}**\n\n\
-         | mode | {unit} | % of plain forwarding | loss | network softirq, CPU-ns per datagram \
-         | this process + ksoftirqd, CPU-ns per datagram | same, net of generator | split over \
-         backends | notes |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+         | mode | {unit} | % of plain forwarding |{ratio_head} loss | network softirq, CPU-ns \
+         per datagram | this process + ksoftirqd (+ proxy), CPU-ns per datagram | same, net of \
+         generator | split over backends | notes |\n\
+         | --- | --- | --- |{ratio_rule} --- | --- | --- | --- | --- | --- |",
         capitalised(&c.title)
     );
     for r in &c.rows {
-        let _ = writeln!(out, "{}", row(r, mirror));
+        let _ = writeln!(out, "{}", row(r, mirror, peers));
     }
     out.push('\n');
 }
 
-fn row(r: &KernelRow, mirror: bool) -> String {
+fn ratio(s: &Option<Spread>) -> String {
+    match s {
+        Some(s) if (s.max - s.min) < 0.005 => format!("{:.2}×", s.median),
+        Some(s) => format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max),
+        None => "—".to_owned(),
+    }
+}
+
+fn row(r: &KernelRow, mirror: bool, peers: bool) -> String {
+    let empty = if peers {
+        " | | | | | | | |"
+    } else {
+        " | | | | | | |"
+    };
+    let label = match &r.version {
+        Some(v) => format!("{} ({v})", r.label),
+        None => r.label.to_owned(),
+    };
     if let Some(why) = r.not_applicable {
-        return format!("| {} | n/a: {why} | | | | | | | |", r.label);
+        return format!("| {label} | n/a: {why}{empty}");
     }
     let Some(d) = &r.datagrams_per_s else {
-        return format!("| {} | not measured | | | | | | | |", r.label);
+        return format!("| {label} | not measured{empty}");
+    };
+    let ratio_col = if peers {
+        format!(" {} |", ratio(&r.userspace_ratio))
+    } else {
+        String::new()
     };
     let split = if mirror {
         "(each: all)".to_owned()
@@ -205,6 +245,18 @@ fn row(r: &KernelRow, mirror: bool) -> String {
     if !r.attach.is_empty() {
         notes.push(r.attach.clone());
     }
+    if let Some(p) = &r.proxy_cpu_ns {
+        notes.push(format!(
+            "of the CPU, the proxy's processes: {} ns",
+            ns(&Some(*p))
+        ));
+    }
+    if r.other_frames > 0 {
+        notes.push(format!(
+            "{} other frames at the backends (not the datagrams sent: e.g. fragments)",
+            thousands(r.other_frames)
+        ));
+    }
     if !r.inconsistencies.is_empty() {
         notes.push(format!(
             "{} counter inconsistencies (below)",
@@ -212,8 +264,7 @@ fn row(r: &KernelRow, mirror: bool) -> String {
         ));
     }
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {split} | {} |",
-        r.label,
+        "| {label} | {} | {} |{ratio_col} {} | {} | {} | {} | {split} | {} |",
         rate(d),
         pct(&r.pct_of_plain),
         loss(&r.loss_pct),
@@ -255,6 +306,11 @@ fn quick(out: &mut String, q: &KernelQuick) {
         thousands(q.rate),
         q.window.as_secs_f64()
     );
+    let missing = if q.not_installed.is_empty() {
+        String::new()
+    } else {
+        format!(" Not run (not installed): {}.", q.not_installed.join(", "))
+    };
     for r in &q.rows {
         let books = if r.problems.is_empty() && r.warnings.is_empty() {
             "consistent".to_owned()
@@ -286,6 +342,9 @@ fn quick(out: &mut String, q: &KernelQuick) {
             thousands(r.delivered)
         );
     }
+    if !missing.is_empty() {
+        let _ = writeln!(out, "\n{}", missing.trim_start());
+    }
     out.push('\n');
 }
 
@@ -302,6 +361,16 @@ pub(crate) fn summary_line(outcome: &KernelOutcome) -> Option<String> {
             other => other,
         }
     }
+    // udp-fanout userspace ÷ each third-party proxy that ran.
+    let ratios = |c: &KernelCase| -> Vec<String> {
+        c.rows
+            .iter()
+            .filter_map(|r| {
+                let x = r.userspace_ratio?;
+                Some(format!("÷ {} {:.2}×", r.label, x.median))
+            })
+            .collect()
+    };
     let parts: Vec<String> = m
         .cases
         .iter()
@@ -309,7 +378,7 @@ pub(crate) fn summary_line(outcome: &KernelOutcome) -> Option<String> {
             let items: Vec<String> = c
                 .rows
                 .iter()
-                .filter(|r| r.mode != "plain")
+                .filter(|r| r.mode != "plain" && r.version.is_none())
                 .filter_map(|r| {
                     let p = r.pct_of_plain?;
                     Some(format!("{} {:.0} %", short(r.mode), p.median))
@@ -328,7 +397,13 @@ pub(crate) fn summary_line(outcome: &KernelOutcome) -> Option<String> {
                 "mirror" => "mirror to 2 backends",
                 _ => "one heavy flow",
             };
-            (!items.is_empty()).then(|| format!("{what}: {}", items.join(", ")))
+            let peers = ratios(c);
+            let peers = if peers.is_empty() {
+                String::new()
+            } else {
+                format!(" (udp-fanout userspace {})", peers.join(", "))
+            };
+            (!items.is_empty()).then(|| format!("{what}: {}{peers}", items.join(", ")))
         })
         .collect();
     if parts.is_empty() {

@@ -102,6 +102,9 @@ pub struct KernelRow {
     pub userspace_ratio: Option<Spread>,
     /// Copies per backend, over all rounds.
     pub split: Vec<u64>,
+    /// Frames at the backends that were not the expected datagrams (e.g. IP fragments of a
+    /// datagram larger than sent), over all rounds.
+    pub other_frames: u64,
     /// How the plane was attached (`xdp (native)`, `tc ingress`).
     pub attach: String,
     /// How this mode carries the traffic, when that needs saying.
@@ -278,6 +281,7 @@ fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) ->
         proxy_cpu_ns: None,
         userspace_ratio: None,
         split: Vec::new(),
+        other_frames: 0,
         attach: String::new(),
         note: traffic.note(mode),
         inconsistencies: Vec::new(),
@@ -324,6 +328,7 @@ fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) ->
     r.split = (0..v[0].per_backend.len())
         .map(|k| v.iter().map(|s| s.per_backend[k]).sum())
         .collect();
+    r.other_frames = v.iter().map(|s| s.other).sum();
     r.attach = v[0].attach.clone();
     for s in &v {
         for bad in check(s) {
