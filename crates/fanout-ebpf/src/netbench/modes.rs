@@ -232,6 +232,11 @@ impl Traffic {
                  it up to 64 datagrams per read and GSO sends them in runs; socket drops are \
                  counted per GRO skb"
             }
+            (Traffic::HeavyFlow, Mode::Peer(Peer::EnvoySession | Peer::EnvoyPacket)) => {
+                "Envoy sets UDP_GRO on its listening sockets (whatever prefer_gro says), so the \
+                 one flow reaches it in GRO batches; the backends then get IP fragments (other \
+                 frames), as if batches were forwarded whole"
+            }
             (Traffic::HeavyFlow, Mode::Peer(p)) if p.per_session() => {
                 "one session: every datagram goes to the backend the first one chose, from the \
                  one worker SO_REUSEPORT picked"
