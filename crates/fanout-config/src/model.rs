@@ -171,9 +171,6 @@ pub struct DataplaneConfig {
     pub gro: bool,
     /// Keep polling this long after traffic before sleeping (0 = off).
     pub busy_poll: Duration,
-    /// Under load, wait this long between wake-ups so that datagrams gather into batches
-    /// (0 = off).
-    pub coalesce: Duration,
 }
 
 impl Default for DataplaneConfig {
@@ -187,7 +184,6 @@ impl Default for DataplaneConfig {
             gso: true,
             gro: true,
             busy_poll: Duration::ZERO,
-            coalesce: Duration::ZERO,
         }
     }
 }

@@ -124,7 +124,6 @@ pub(crate) struct RawDataplane {
     pub gso: Option<bool>,
     pub gro: Option<bool>,
     pub busy_poll_us: Option<i64>,
-    pub coalesce_us: Option<i64>,
 }
 
 /// `workers: 4` or `workers: auto`.

@@ -402,16 +402,6 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
             );
         }
     }
-    if let Some(c) = raw.coalesce_us {
-        if (0..=10_000).contains(&c) {
-            d.coalesce = Duration::from_micros(c as u64);
-        } else {
-            errs.add(
-                "dataplane.coalesce_us",
-                format!("{c} is invalid: use 0..=10000"),
-            );
-        }
-    }
     if let Some(g) = raw.gro {
         d.gro = g;
     }

@@ -274,14 +274,6 @@ fn dataplane_ranges() {
         "dataplane.recv_buffer: invalid size",
     );
     assert!(from_yaml(&format!("{base}dataplane: {{workers: auto}}")).is_ok());
-    assert_err(
-        &format!("{base}dataplane: {{coalesce_us: 20000}}"),
-        "dataplane.coalesce_us: 20000 is invalid",
-    );
-    let c = from_yaml(&format!("{base}dataplane: {{coalesce_us: 50}}")).unwrap();
-    assert_eq!(c.dataplane.coalesce, Duration::from_micros(50));
-    let c = from_yaml(base).unwrap();
-    assert_eq!(c.dataplane.coalesce, Duration::ZERO);
 }
 
 #[test]

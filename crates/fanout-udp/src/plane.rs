@@ -211,7 +211,6 @@ impl UserspacePlane {
                 send_timeout: cfg.dataplane.send_timeout,
                 gso: cfg.dataplane.gso,
                 busy_poll: cfg.dataplane.busy_poll,
-                coalesce: cfg.dataplane.coalesce,
                 shutdown: Arc::clone(&shutdown),
             });
         }

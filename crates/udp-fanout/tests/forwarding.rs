@@ -149,28 +149,6 @@ fn mirror_under_load_loses_nothing() {
 }
 
 #[test]
-fn coalescing_and_busy_polling_workers_lose_nothing() {
-    // Both settings change only when a worker looks at its sockets; every datagram must still
-    // be forwarded, in a steady stream and in the quiet that follows it.
-    let s = sinks(2, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: rr, bind: '127.0.0.1:0', downstreams: [{}]}}]\n\
-         dataplane: {{coalesce_us: 200, busy_poll_us: 100}}",
-        downstream_list(&s, &[1, 1])
-    ));
-    let r = send(d.addr("rr"), 20_000, 8, &[64, 1400]);
-    assert!(eventually(WAIT, || {
-        s.iter().map(|x| x.total_datagrams()).sum::<u64>() == r.sent
-    }));
-    let last = send(d.addr("rr"), 1, 1, &[64]);
-    assert!(eventually(WAIT, || {
-        s.iter().map(|x| x.total_datagrams()).sum::<u64>() == r.sent + last.sent
-    }));
-    let unique: u64 = s.iter().map(|x| x.snapshot().total_unique()).sum();
-    assert_eq!(unique, r.sent + last.sent);
-}
-
-#[test]
 fn consistent_hash_keeps_each_client_on_the_downstream_maglev_predicts() {
     let s = sinks(3, "127.0.0.1", false);
     let d = Daemon::start(&format!(

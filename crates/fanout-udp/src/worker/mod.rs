@@ -71,7 +71,6 @@ pub(crate) struct WorkerSetup {
     pub send_timeout: Duration,
     pub gso: bool,
     pub busy_poll: Duration,
-    pub coalesce: Duration,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -123,9 +122,6 @@ struct Worker {
     clock: Instant,
     recv_errors: LogLimiter,
     busy_poll: Duration,
-    coalesce: Duration,
-    /// Sockets served since the last poll.
-    turn: usize,
 }
 
 fn queue(batch: usize, gso: bool) -> SendQueue {
@@ -146,7 +142,6 @@ pub(crate) fn run(setup: WorkerSetup) {
         send_timeout,
         gso,
         busy_poll,
-        coalesce,
         shutdown,
     } = setup;
     let ports: Vec<Port> = listeners
@@ -185,8 +180,6 @@ pub(crate) fn run(setup: WorkerSetup) {
         clock: Instant::now(),
         recv_errors: LogLimiter::default(),
         busy_poll,
-        coalesce,
-        turn: 0,
     };
     tracing::debug!(
         worker = id,
@@ -204,12 +197,6 @@ impl Worker {
     }
 
     fn run(&mut self, shutdown: &AtomicBool) {
-        let coalesce = self.coalesce;
-        if !coalesce.is_zero() {
-            // The nap below is short; the default 50 µs timer slack would double it.
-            // SAFETY: PR_SET_TIMERSLACK takes integer arguments only and affects this thread.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-        }
         let mut events = Events::with_capacity(1024);
         let has_sessions = self.ports.iter().any(|p| p.sessions.is_some());
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
@@ -227,19 +214,6 @@ impl Worker {
             } else {
                 None
             };
-            // Coalescing: traffic is flowing (the last turn read some), so instead of waiting
-            // for the next datagram to wake us, let datagrams gather for a moment without
-            // waking anyone (nobody waits on the sockets while we nap), then take them as
-            // one batch. Like a NIC's interrupt moderation: at most one wake-up per
-            // `coalesce`, fewer context switches and larger batches under load, at most
-            // `coalesce` of added latency; an idle worker still sleeps in poll until traffic.
-            let timeout = if self.ready.is_empty() && !coalesce.is_zero() && self.turn > 0 {
-                std::thread::sleep(coalesce);
-                Some(Duration::ZERO)
-            } else {
-                timeout
-            };
-            self.turn = 0;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -286,7 +260,6 @@ impl Worker {
         std::mem::swap(&mut self.ready, &mut self.scratch);
         let mut reply_pending: Option<usize> = None;
         let tokens = std::mem::take(&mut self.scratch);
-        self.turn += tokens.len();
         for &t in &tokens {
             let (li, up) = split_token(t);
             // Replies are gathered from several upstream sockets into one batch; process them
