@@ -3,8 +3,8 @@
 //! not add up, never on a speed, and peers that are missing are skipped with the reason (and
 //! the install command) printed. Scenario (f), the kernel plane in network namespaces, runs
 //! as root (every mode and traffic shape once, counters checked against each other; nginx
-//! and Envoy in the load balancer's namespace for balance and heavy flow when installed) and
-//! is n/a otherwise.
+//! and Envoy in the load balancer's namespace for balance and heavy flow, the udp-tee (socat
+//! broadcast) for the mirror, when installed) and is n/a otherwise.
 //!
 //! Like `session_scale.rs`, it needs the `udp-fanout` binary where cargo puts it next to this
 //! crate's (`target/<profile>/udp-fanout`), and says so and passes without running when it is
@@ -76,12 +76,23 @@ fn check_kernel(k: Option<&KernelOutcome>) {
         Some(KernelOutcome::Quick(q)) => {
             assert!(root, "(f) ran without root?");
             // Generator alone; balance and heavy flow through 4 modes and every installed
-            // third-party proxy (4 at most: nginx and Envoy, two modes each); mirror through 3.
-            let peers = 4 - q.not_installed.len();
+            // load-balancing proxy (4 at most: nginx and Envoy, two modes each); mirror through
+            // 3 and the udp-tee when socat is installed.
+            let tee = usize::from(!q.not_installed.contains(&"udp-tee"));
+            let peers = 4 - q.not_installed.iter().filter(|p| **p != "udp-tee").count();
             for p in &q.not_installed {
                 eprintln!("(f) not run: {p} (not installed)");
             }
-            assert_eq!(q.rows.len(), 12 + 2 * peers, "{:#?}", q.rows);
+            assert_eq!(q.rows.len(), 12 + 2 * peers + tee, "{:#?}", q.rows);
+            // The tee mirrors only: both backends get every datagram; no plane counters.
+            let tee_rows: Vec<_> = q.rows.iter().filter(|r| r.mode == "udp-tee").collect();
+            assert_eq!(tee_rows.len(), tee, "{:#?}", q.rows);
+            for r in tee_rows {
+                assert_eq!(r.traffic, "mirror");
+                assert!(r.plane.is_none());
+                assert_eq!(r.expected, 2 * r.offered);
+                assert!(r.per_backend.iter().all(|&n| n > 0), "{r:#?}");
+            }
             let peer_rows = q
                 .rows
                 .iter()

@@ -1,4 +1,5 @@
-//! Third-party userspace proxies (nginx, Envoy) as modes of the rig, so that udp-fanout's
+//! Third-party userspace proxies (nginx, Envoy, and the socat broadcast tee `udp-tee` that was
+//! this project's seed design for mirroring) as modes of the rig, so that udp-fanout's
 //! userspace plane can be compared with them where the proxy, not the generator, is the
 //! limit: the in-kernel generator offers several million datagrams per second, which no
 //! userspace proxy carries on this kind of machine, while a userspace sender on loopback (the
@@ -11,7 +12,8 @@
 //! [`External`] that stops them by PID when dropped. The rig then waits until the proxy has
 //! bound its listening sockets in that namespace ([`wait_bound`]) and carries traffic (a
 //! startup probe in [`super::measure`]), and adds the proxy processes' CPU time to the
-//! window's accounting ([`super::cpu`]).
+//! window's accounting ([`super::cpu`]). A proxy made of several processes that talk to each
+//! other (the tee) can ask whether its inner sockets are bound yet with [`udp_bound_in`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -24,6 +26,9 @@ use super::topology::{BACKEND_PORT, BACKENDS, Netns, PORT, VIP, backend_ip};
 /// A third-party proxy, in one configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Peer {
+    /// The seed's mirror: socat re-sending every datagram to the loopback broadcast address,
+    /// one socat per backend receiving that and relaying it (mirror only).
+    UdpTee,
     /// nginx stream UDP proxy, session mode (the default `proxy_responses`).
     NginxSession,
     /// nginx stream UDP proxy, per datagram (`proxy_responses 0`).
@@ -36,7 +41,8 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in table order.
-    pub const ALL: [Peer; 4] = [
+    pub const ALL: [Peer; 5] = [
+        Peer::UdpTee,
         Peer::NginxSession,
         Peer::NginxDatagram,
         Peer::EnvoySession,
@@ -46,6 +52,7 @@ impl Peer {
     /// A short identifier (as `fanout-bench compare --peers` names it).
     pub fn id(self) -> &'static str {
         match self {
+            Peer::UdpTee => "udp-tee",
             Peer::NginxSession => "nginx-session",
             Peer::NginxDatagram => "nginx-datagram",
             Peer::EnvoySession => "envoy-session",
@@ -56,6 +63,7 @@ impl Peer {
     /// The name in tables.
     pub fn name(self) -> &'static str {
         match self {
+            Peer::UdpTee => "udp-tee (socat broadcast)",
             Peer::NginxSession => "nginx, session mode",
             Peer::NginxDatagram => "nginx, per-datagram",
             Peer::EnvoySession => "Envoy, per-session",
@@ -76,9 +84,9 @@ pub struct ExternalSpec {
     pub netns: String,
     /// The listener: VIP:PORT.
     pub listen: SocketAddrV4,
-    /// The backends, to be balanced round-robin.
+    /// The backends, to be balanced round-robin (or each sent a copy, for a mirror).
     pub backends: Vec<SocketAddrV4>,
-    /// The traffic it will carry (never a mirror).
+    /// The traffic it will carry.
     pub traffic: Traffic,
 }
 
@@ -131,6 +139,19 @@ fn bound(port: u16) -> anyhow::Result<usize> {
         .count())
 }
 
+/// UDP sockets bound to `port` in the network namespace `netns` (under /var/run/netns),
+/// counted from a short-lived thread that joins it: for a caller that starts a proxy there
+/// and must wait for its inner sockets (the tee's per-backend relays) before going on.
+pub fn udp_bound_in(netns: &str, port: u16) -> anyhow::Result<usize> {
+    let name = netns.to_owned();
+    std::thread::spawn(move || {
+        super::topology::join_netns(&name)?;
+        bound(port)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("counting UDP sockets in {netns}: the thread panicked"))?
+}
+
 /// Waits until `ext` has bound its sockets on the listener's port in `ns`, failing early if
 /// it exits.
 pub(crate) fn wait_bound(ns: &Netns, ext: &mut dyn External) -> anyhow::Result<()> {
@@ -178,6 +199,8 @@ mod tests {
         assert_eq!(s.backends.len(), BACKENDS);
         assert_eq!(s.backends[1].to_string(), "10.77.2.2:7000");
         assert!(Peer::NginxSession.per_session() && !Peer::EnvoyPacket.per_session());
+        assert!(!Peer::UdpTee.per_session());
+        assert_eq!(Peer::ALL.len(), 5);
         assert!(ticks_of(&[std::process::id()]) > 0 || ticks_of(&[]) == 0);
     }
 }

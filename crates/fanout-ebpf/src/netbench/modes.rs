@@ -13,10 +13,11 @@
 //! - `userspace plane`: udp-fanout's userspace plane, same listener, default settings (one
 //!   worker per CPU). It lives in the `fanout-udp` crate, which this one does not depend on,
 //!   so the caller passes a [`StartUserspace`] function that starts it.
-//! - `nginx …` / `Envoy …` ([`Mode::Peer`]): a third-party userspace proxy on the same
-//!   listener, started by the caller in the load balancer's namespace ([`super::external`]),
-//!   for comparing userspace proxies where the proxy, not the generator, is the limit. They
-//!   cannot mirror.
+//! - `udp-tee` / `nginx …` / `Envoy …` ([`Mode::Peer`]): a third-party userspace proxy on the
+//!   same listener, started by the caller in the load balancer's namespace
+//!   ([`super::external`]), for comparing userspace proxies where the proxy, not the
+//!   generator, is the limit. nginx and Envoy cannot mirror; the tee (the seed's socat
+//!   broadcast design) can only mirror.
 //!
 //! Traffic: 64-byte datagrams to the listener, balanced round-robin over many flows, or
 //! mirrored to both backends, or one heavy flow (a single 5-tuple). For a mirror, plain
@@ -51,13 +52,14 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order a round runs them.
-    pub const ALL: [Mode; 10] = [
+    pub const ALL: [Mode; 11] = [
         Mode::Idle,
         Mode::GenOnly,
         Mode::Plain,
         Mode::Xdp,
         Mode::Tc,
         Mode::Userspace,
+        Mode::Peer(Peer::UdpTee),
         Mode::Peer(Peer::NginxSession),
         Mode::Peer(Peer::NginxDatagram),
         Mode::Peer(Peer::EnvoySession),
@@ -75,11 +77,12 @@ impl Mode {
     ];
 
     /// The modes that forward traffic.
-    pub const FORWARDING: [Mode; 8] = [
+    pub const FORWARDING: [Mode; 9] = [
         Mode::Plain,
         Mode::Xdp,
         Mode::Tc,
         Mode::Userspace,
+        Mode::Peer(Peer::UdpTee),
         Mode::Peer(Peer::NginxSession),
         Mode::Peer(Peer::NginxDatagram),
         Mode::Peer(Peer::EnvoySession),
@@ -209,6 +212,9 @@ impl Traffic {
             (Traffic::Mirror, Mode::Peer(Peer::EnvoySession | Peer::EnvoyPacket)) => {
                 Some("Envoy's udp_proxy has no mirroring")
             }
+            (Traffic::Balance | Traffic::HeavyFlow, Mode::Peer(Peer::UdpTee)) => {
+                Some("a mirror only: it cannot balance")
+            }
             _ => None,
         }
     }
@@ -227,6 +233,12 @@ impl Traffic {
                  port; no GRO when forwarding (rx-udp-gro-forwarding off, the default)"
             }
             (Traffic::Mirror, Mode::Tc) => "bpf_clone_redirect: one copy per backend",
+            (Traffic::Mirror, Mode::Peer(Peer::UdpTee)) => {
+                "the seed's design, as on loopback: one socat on the listener re-sends every \
+                 datagram to 127.255.255.255 (the namespace's lo) on a second port, where one \
+                 socat per backend (reuseaddr, same port) receives it and relays it to that \
+                 backend: 3 processes, 3 sends per datagram"
+            }
             (Traffic::HeavyFlow, Mode::Userspace) => {
                 "one worker gets the flow (SO_REUSEPORT hashes the 4-tuple), but UDP GRO hands \
                  it up to 64 datagrams per read and GSO sends them in runs; socket drops are \
@@ -367,5 +379,15 @@ mod tests {
                 .is_none()
         );
         assert_eq!(Mode::Peer(Peer::NginxDatagram).id(), "nginx-datagram");
+        assert!(
+            Traffic::Mirror
+                .not_applicable(Mode::Peer(Peer::UdpTee))
+                .is_none()
+        );
+        assert!(
+            Traffic::Balance
+                .not_applicable(Mode::Peer(Peer::UdpTee))
+                .is_some()
+        );
     }
 }

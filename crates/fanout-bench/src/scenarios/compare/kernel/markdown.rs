@@ -98,9 +98,13 @@ fn method(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {
          userspace proxies of the comparison above, started in the load balancer's namespace \
          with the same configs (nginx's stream module in session mode and with \
          `proxy_responses 0`, `worker_processes auto` + `reuseport`; Envoy's `udp_proxy` per \
-         session and per packet, `--concurrency 2`) on the same listener address: in (a) the \
-         userspace generator is the limit, so udp-fanout's ratios to them there are lower \
-         bounds, while here the in-kernel generator offers far more than any of them carries, \
+         session and per packet, `--concurrency 2`) on the same listener address, and, for \
+         the mirror, the seed's udp-tee of (c) (one socat on the listener re-sending every \
+         datagram to the broadcast address 127.255.255.255 on a second port, here that of the \
+         namespace's own `lo`, and one socat per backend, all bound to that port with \
+         `reuseaddr`, relaying its copy to the backend; the same arguments as in (c)): in (a) \
+         and (c) the userspace generator is the limit, so udp-fanout's ratios to them there \
+         are lower bounds, while here the in-kernel generator offers far more than any of them carries, \
          so the proxy is the bottleneck and udp-fanout userspace ÷ peer (the same round's \
          datagrams/s) is a real ratio. Their CPU (utime + stime of their processes, reaped \
          children included, from `/proc/PID/stat`) is added to this process + ksoftirqd. Each \
@@ -367,7 +371,9 @@ pub(crate) fn summary_line(outcome: &KernelOutcome) -> Option<String> {
             .iter()
             .filter_map(|r| {
                 let x = r.userspace_ratio?;
-                Some(format!("÷ {} {:.2}×", r.label, x.median))
+                // "udp-tee (socat broadcast)" → "udp-tee": the line is in parentheses.
+                let name = r.label.split(" (").next().unwrap_or(r.label);
+                Some(format!("÷ {name} {:.2}×", x.median))
             })
             .collect()
     };

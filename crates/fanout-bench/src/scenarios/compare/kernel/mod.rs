@@ -22,10 +22,11 @@
 //! single 5-tuple), which the userspace plane's `SO_REUSEPORT` cannot spread over its workers.
 //!
 //! nginx (session mode and `proxy_responses 0`) and Envoy (per-session and per-packet) run
-//! in the same windows for the balance and heavy-flow shapes (they cannot mirror), started in
+//! in the same windows for the balance and heavy-flow shapes (they cannot mirror), and the
+//! udp-tee (the seed's socat broadcast mirror, as in (c)) for the mirror shape, started in
 //! the load balancer's namespace by [`proxies`] with the loopback comparison's configs: here
 //! the in-kernel generator is not the limit, the proxy is, so udp-fanout's userspace plane ÷
-//! each of them is a real ratio rather than the lower bound (a) gives. Their CPU (their
+//! each of them is a real ratio rather than the lower bound (a) and (c) give. Their CPU (their
 //! processes' utime + stime) is added to this process + ksoftirqd. A peer that is not
 //! installed is n/a and the rest runs.
 //!

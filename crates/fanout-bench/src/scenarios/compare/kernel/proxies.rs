@@ -1,4 +1,4 @@
-//! nginx and Envoy in scenario (f)'s load balancer namespace: the rig's
+//! nginx, Envoy and the udp-tee in scenario (f)'s load balancer namespace: the rig's
 //! [`StartExternal`](fanout_ebpf::netbench::StartExternal).
 //!
 //! Why: in (a) the one-thread userspace generator on loopback tops out near what udp-fanout
@@ -10,25 +10,37 @@
 //! [`envoy::bootstrap`]): nginx's stream module in session mode or with `proxy_responses 0`,
 //! `worker_processes auto` and `reuseport`; Envoy's `udp_proxy` per session or per packet,
 //! `--concurrency 2`; both listening on the rig's VIP:PORT and balancing round-robin over
-//! its two backends. The processes run under `ip netns exec` and `timeout` with a bounded
-//! lifetime ([`Procs`]) and are stopped by PID when the rig drops the handle.
+//! its two backends. The udp-tee (mirror only) is the loopback comparison's socat broadcast
+//! tee ([`socat::tee_in`], [`socat::tee_out`]) with the namespace's addresses: one socat
+//! per backend bound to [`TEE_PORT`] with `reuseaddr`, relaying to that backend, and, once
+//! they are bound, one socat on VIP:PORT re-sending to 127.255.255.255:[`TEE_PORT`], the
+//! broadcast address of the namespace's own `lo` (which a new namespace has, like the host's).
+//! The processes run under `ip netns exec` and `timeout` with a bounded lifetime ([`Procs`])
+//! and are stopped by PID when the rig drops the handle.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::bail;
+use fanout_ebpf::netbench::external::{STARTUP, udp_bound_in};
 use fanout_ebpf::netbench::{External, ExternalSpec, Peer};
 
-use super::super::peers::{PeerId, PeerStatus, check, envoy, nginx};
+use super::super::peers::{PeerId, PeerStatus, check, envoy, nginx, socat};
 use super::super::procs::Procs;
 
 /// How long a proxy started for one window may live at most (it is stopped long before).
 const LIFETIME: Duration = Duration::from_secs(300);
 
+/// The port the udp-tee broadcasts to inside the namespace (which has nothing else bound).
+pub(crate) const TEE_PORT: u16 = 5515;
+
 /// Listening sockets per proxy: one per worker (nginx `reuseport` with `worker_processes
 /// auto`, Envoy `--concurrency 2`).
 fn workers(p: Peer) -> usize {
     match p {
+        // Only the tee's entry binds the listener's port.
+        Peer::UdpTee => 1,
         Peer::NginxSession | Peer::NginxDatagram => std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .max(1),
@@ -39,6 +51,7 @@ fn workers(p: Peer) -> usize {
 /// The loopback comparison's name for a peer.
 pub(crate) fn peer_id(p: Peer) -> PeerId {
     match p {
+        Peer::UdpTee => PeerId::UdpTee,
         Peer::NginxSession => PeerId::NginxSession,
         Peer::NginxDatagram => PeerId::NginxDatagram,
         Peer::EnvoySession => PeerId::EnvoySession,
@@ -80,6 +93,7 @@ pub(crate) fn start(peer: Peer, spec: &ExternalSpec) -> anyhow::Result<Box<dyn E
     let ns = Some(spec.netns.as_str());
     let mut procs = Procs::new(peer.id(), LIFETIME)?;
     match peer {
+        Peer::UdpTee => start_tee(&mut procs, spec)?,
         Peer::NginxSession | Peer::NginxDatagram => {
             let dir = procs.dir().to_path_buf();
             let session = peer == Peer::NginxSession;
@@ -112,6 +126,33 @@ pub(crate) fn start(peer: Peer, spec: &ExternalSpec) -> anyhow::Result<Box<dyn E
     }))
 }
 
+/// The udp-tee: one output per backend, waited for until each has bound [`TEE_PORT`] (a
+/// datagram broadcast before would reach only some), then the entry on the listener.
+fn start_tee(procs: &mut Procs, spec: &ExternalSpec) -> anyhow::Result<()> {
+    let ns = Some(spec.netns.as_str());
+    for (i, b) in spec.backends.iter().enumerate() {
+        let args = socat::tee_out(TEE_PORT, &b.to_string());
+        procs.spawn_in(ns, &format!("tee-out{i}"), "socat", &args)?;
+    }
+    let end = Instant::now() + STARTUP;
+    loop {
+        procs.check_alive()?;
+        let n = udp_bound_in(&spec.netns, TEE_PORT)?;
+        if n >= spec.backends.len() {
+            break;
+        }
+        if Instant::now() >= end {
+            bail!(
+                "{n} of {} tee outputs bound to UDP port {TEE_PORT} after {STARTUP:?}",
+                spec.backends.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listen = format!("UDP4-RECV:{},bind={}", spec.listen.port(), spec.listen.ip());
+    procs.spawn_in(ns, "tee-in", "socat", &socat::tee_in(&listen, TEE_PORT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +163,6 @@ mod tests {
             assert_eq!(peer_id(p).id(), p.id());
             assert!(workers(p) >= 1);
         }
+        assert_ne!(TEE_PORT, fanout_ebpf::netbench::topology::PORT);
     }
 }

@@ -75,8 +75,8 @@ pub struct KernelCase {
 /// One mode in one traffic shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KernelRow {
-    /// `plain`, `xdp`, `tc_ebpf`, `userspace`, or a third-party proxy (`nginx-session`,
-    /// `nginx-datagram`, `envoy-session`, `envoy-packet`).
+    /// `plain`, `xdp`, `tc_ebpf`, `userspace`, or a third-party proxy (`udp-tee`,
+    /// `nginx-session`, `nginx-datagram`, `envoy-session`, `envoy-packet`).
     pub mode: &'static str,
     /// The name in tables.
     pub label: &'static str,

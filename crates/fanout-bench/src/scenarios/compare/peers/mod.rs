@@ -16,7 +16,7 @@ mod direct;
 pub(crate) mod envoy;
 mod nftables;
 pub(crate) mod nginx;
-mod socat;
+pub(crate) mod socat;
 mod udp_fanout;
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,10 @@
 //! cut the 64,000-byte datagrams of scenario d) and get 8 MiB receive buffers
 //! (`SO_RCVBUFFORCE`, level 1 option 33, set before bind with `setsockopt-listen`), as
 //! udp-fanout has.
+//!
+//! The tee's arguments ([`tee_in`], [`tee_out`]) are shared with scenario (f), which runs the
+//! same design in its load balancer's namespace (`kernel::proxies`), so that both comparisons
+//! measure the same thing.
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -36,6 +40,22 @@ fn relay(listen: &str, to: &str) -> Vec<String> {
         format!("{listen},{RCVBUF}"),
         format!("UDP4-SENDTO:{to}"),
     ]
+}
+
+/// Where the tee re-sends: loopback's broadcast address (a network namespace's `lo` has it
+/// too).
+pub(crate) const TEE_BROADCAST: &str = "127.255.255.255";
+
+/// The tee's entry: receives on `listen` (a socat `UDP4-RECV:…` address) and re-sends every
+/// datagram to [`TEE_BROADCAST`] on port `fan`.
+pub(crate) fn tee_in(listen: &str, fan: u16) -> Vec<String> {
+    relay(listen, &format!("{TEE_BROADCAST}:{fan},broadcast"))
+}
+
+/// One of the tee's outputs: receives the broadcast on port `fan` (every output binds it,
+/// with `reuseaddr`, so each gets a copy) and relays it to `to`.
+pub(crate) fn tee_out(fan: u16, to: &str) -> Vec<String> {
+    relay(&format!("UDP4-RECV:{fan},reuseaddr"), to)
 }
 
 pub(super) fn start_relay(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
@@ -75,15 +95,12 @@ pub(super) fn start_tee(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
         .port();
     let mut p = Procs::new("udp-tee", ctx.lifetime)?;
     for (i, sink) in sinks.local_addrs().iter().enumerate() {
-        let args = relay(&format!("UDP4-RECV:{fan},reuseaddr"), &sink.to_string());
+        let args = tee_out(fan, &sink.to_string());
         p.spawn(&format!("tee-out{i}"), "socat", &args)?;
     }
     procs::wait_udp_bound(fan, sinks.local_addrs().len(), ctx.startup)?;
     let port = free_port()?;
-    let args = relay(
-        &format!("UDP4-RECV:{port},bind=127.0.0.1"),
-        &format!("127.255.255.255:{fan},broadcast"),
-    );
+    let args = tee_in(&format!("UDP4-RECV:{port},bind=127.0.0.1"), fan);
     p.spawn("tee-in", "socat", &args)?;
     procs::wait_udp_bound(port, 1, ctx.startup)?;
     let target = SocketAddr::from(([127, 0, 0, 1], port));
