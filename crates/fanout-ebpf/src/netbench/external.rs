@@ -126,8 +126,13 @@ pub const STARTUP: Duration = Duration::from_secs(15);
 fn bound(port: u16) -> anyhow::Result<usize> {
     let text = std::fs::read_to_string("/proc/thread-self/net/udp")
         .context("reading /proc/thread-self/net/udp")?;
+    Ok(count_bound(&text, port))
+}
+
+/// How many sockets of a `/proc/net/udp` table are bound to local port `port` (any address).
+pub fn count_bound(table: &str, port: u16) -> usize {
     let want = format!("{port:04X}");
-    Ok(text
+    table
         .lines()
         .skip(1)
         .filter(|l| {
@@ -136,7 +141,7 @@ fn bound(port: u16) -> anyhow::Result<usize> {
                 .and_then(|local| local.split(':').nth(1))
                 .is_some_and(|p| p == want)
         })
-        .count())
+        .count()
 }
 
 /// UDP sockets bound to `port` in the network namespace `netns` (under /var/run/netns),
@@ -202,5 +207,17 @@ mod tests {
         assert!(!Peer::UdpTee.per_session());
         assert_eq!(Peer::ALL.len(), 5);
         assert!(ticks_of(&[std::process::id()]) > 0 || ticks_of(&[]) == 0);
+    }
+
+    #[test]
+    fn counts_sockets_bound_to_a_port() {
+        let table = "  sl  local_address rem_address   st\n\
+                     0: 0100007F:159A 00000000:0000 07\n\
+                     1: 00000000:159A 00000000:0000 07\n\
+                     2: 0100007F:159B 00000000:0000 07\n";
+        assert_eq!(count_bound(table, 0x159A), 2);
+        assert_eq!(count_bound(table, 0x159B), 1);
+        assert_eq!(count_bound(table, 53), 0);
+        assert_eq!(count_bound("", 53), 0);
     }
 }

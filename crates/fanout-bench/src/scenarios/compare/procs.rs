@@ -346,17 +346,7 @@ pub(crate) fn wait_udp_bound(port: u16, sockets: usize, timeout: Duration) -> an
 /// UDP sockets bound to local port `port`, from `/proc/net/udp`.
 fn udp_bound(port: u16) -> anyhow::Result<usize> {
     let text = fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
-    let want = format!("{port:04X}");
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|local| local.split(':').nth(1))
-                .is_some_and(|p| p == want)
-        })
-        .count())
+    Ok(fanout_ebpf::netbench::external::count_bound(&text, port))
 }
 
 /// Runs `program args…` with a time limit; its stdout and stderr, or why it failed.
