@@ -9,6 +9,10 @@
 //! at a time so that one flooded port cannot starve the others, and each stays on the ready
 //! list until a receive finds it empty (as edge-triggering requires).
 //!
+//! Latency ends at the datagram's arrival in the kernel (`SO_TIMESTAMPNS` on every socket), not
+//! when this thread reads it: on a small machine the sink's own wake-up can take longer than the
+//! proxy under test, and would be charged to it. Without a kernel stamp the read time is used.
+//!
 //! The counters live behind a mutex taken once per batch; a separate atomic total lets
 //! [`SinkHandle::wait_for`] poll cheaply without copying reports, so tests wait for traffic
 //! instead of sleeping.
