@@ -25,6 +25,10 @@ pub(super) struct Scenarios(pub(super) Vec<ScenarioId>);
 pub(super) struct Peers(pub(super) Vec<PeerId>);
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Environment: UDP_FANOUT_BENCH_DATAPLANE='{gso: false}' (a YAML flow map) \
+    adds `dataplane:` settings to the daemon under test, to measure what one setting buys."
+)]
 pub(super) struct CompareArgs {
     /// Every scenario against every installed peer, briefly (about a minute), checking only
     /// that each run completed and its accounting adds up; no speeds.

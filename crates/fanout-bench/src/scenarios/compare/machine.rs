@@ -87,13 +87,7 @@ impl Machine {
 
 /// (idle, total) jiffies over all CPUs.
 fn cpu_times() -> Option<(u64, u64)> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v = super::procs::all_cpus_jiffies()?;
     // idle + iowait count as idle; guest time is already inside user.
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
     Some((idle, v.iter().take(8).sum()))

@@ -28,7 +28,8 @@ pub(crate) fn thousands(n: u64) -> String {
     out
 }
 
-fn spread_rate(s: &Spread) -> String {
+/// A spread of rates as `median (min–max)`, or just the median when they are all equal.
+pub(super) fn spread_rate(s: &Spread) -> String {
     if s.min == s.max {
         thousands(s.median as u64)
     } else {

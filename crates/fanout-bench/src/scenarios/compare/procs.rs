@@ -266,13 +266,7 @@ pub(crate) fn cpu_seconds_of(pids: &[u32]) -> f64 {
 /// where the kernel does the network work of the bench itself, is accounted apart by the
 /// kernel and so not counted.
 pub(crate) fn machine_busy_seconds() -> Option<f64> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v = all_cpus_jiffies()?;
     // user nice system idle iowait irq softirq steal
     let busy = v.get(..3)?.iter().sum::<u64>() + v.get(7).copied().unwrap_or(0);
     Some(busy as f64 / clock_ticks())
@@ -341,6 +335,19 @@ pub(crate) fn wait_udp_bound(port: u16, sockets: usize, timeout: Duration) -> an
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The all-CPUs line of `/proc/stat`: user nice system idle iowait irq softirq steal …, in
+/// clock ticks.
+pub(crate) fn all_cpus_jiffies() -> Option<Vec<u64>> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+    )
 }
 
 /// UDP sockets bound to local port `port`, from `/proc/net/udp`.

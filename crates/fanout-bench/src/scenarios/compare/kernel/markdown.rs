@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::super::machine::Machine;
-use super::super::markdown::thousands;
+use super::super::markdown::{spread_rate, thousands};
 use super::super::report::Spread;
 use super::super::scenario::ScenarioId;
 use super::summary::{KernelCase, KernelMeasured, KernelOutcome, KernelQuick, KernelRow};
@@ -31,19 +31,6 @@ pub(crate) fn block(out: &mut String, outcome: &KernelOutcome, machine: &Machine
             let e = error.lines().next().unwrap_or("");
             let _ = writeln!(out, "{}\n\n**failed**: {e}\n", heading());
         }
-    }
-}
-
-fn rate(s: &Spread) -> String {
-    if s.min == s.max {
-        thousands(s.median as u64)
-    } else {
-        format!(
-            "{} ({}–{})",
-            thousands(s.median as u64),
-            thousands(s.min as u64),
-            thousands(s.max as u64)
-        )
     }
 }
 
@@ -131,7 +118,7 @@ fn method(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {
         base.push(format!(
             "the generator alone (frames dropped by XDP at the load balancer's ingress) made {} \
              frames/s for {} CPU-ns per frame",
-            rate(p),
+            spread_rate(p),
             ns(&m.generator_ns)
         ));
     }
@@ -269,7 +256,7 @@ fn row(r: &KernelRow, mirror: bool, peers: bool) -> String {
     }
     format!(
         "| {label} | {} | {} |{ratio_col} {} | {} | {} | {} | {split} | {} |",
-        rate(d),
+        spread_rate(d),
         pct(&r.pct_of_plain),
         loss(&r.loss_pct),
         ns(&r.softirq_ns),

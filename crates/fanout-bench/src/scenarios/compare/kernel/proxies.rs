@@ -98,18 +98,7 @@ pub(crate) fn start(peer: Peer, spec: &ExternalSpec) -> anyhow::Result<Box<dyn E
             let dir = procs.dir().to_path_buf();
             let session = peer == Peer::NginxSession;
             let conf = procs.write("nginx.conf", &nginx::conf(&dir, listen, &backends, session))?;
-            let d = dir.to_string_lossy().into_owned();
-            let args = [
-                "-e".to_owned(),
-                format!("{d}/error.log"),
-                "-g".to_owned(),
-                "daemon off;".to_owned(),
-                "-c".to_owned(),
-                conf.to_string_lossy().into_owned(),
-                "-p".to_owned(),
-                d,
-            ];
-            procs.spawn_in(ns, "nginx", "nginx", &args)?;
+            procs.spawn_in(ns, "nginx", "nginx", &nginx::args(&dir, &conf))?;
         }
         Peer::EnvoySession | Peer::EnvoyPacket => {
             let per_packet = peer == Peer::EnvoyPacket;

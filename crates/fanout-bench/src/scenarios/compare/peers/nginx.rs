@@ -50,22 +50,26 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, session: bool) -> anyhow::Result
         "nginx.conf",
         &conf(&dir, listen, sinks.local_addrs(), session),
     )?;
+    p.spawn("nginx", "nginx", &args(&dir, &conf_path))?;
+    procs::wait_udp_bound(port, 1, ctx.startup)?;
+    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, listen, ctx);
+    rig.wait_ready(spec, ctx.startup)?;
+    Ok(rig)
+}
+
+/// nginx's command line: in the foreground, everything (prefix, logs, config) in `dir`.
+pub(crate) fn args(dir: &Path, conf: &Path) -> [String; 8] {
     let d = dir.to_string_lossy().into_owned();
-    let args = [
+    [
         "-e".to_owned(),
         format!("{d}/error.log"),
         "-g".to_owned(),
         "daemon off;".to_owned(),
         "-c".to_owned(),
-        conf_path.to_string_lossy().into_owned(),
+        conf.to_string_lossy().into_owned(),
         "-p".to_owned(),
         d,
-    ];
-    p.spawn("nginx", "nginx", &args)?;
-    procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, listen, ctx);
-    rig.wait_ready(spec, ctx.startup)?;
-    Ok(rig)
+    ]
 }
 
 #[cfg(test)]
