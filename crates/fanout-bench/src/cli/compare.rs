@@ -39,7 +39,7 @@ pub(super) struct CompareArgs {
     /// forwarding; needs root).
     #[arg(long, value_parser = |s: &str| ScenarioId::parse_list(s).map(Scenarios), default_value = "a,b,c,d,e,f")]
     pub(super) scenarios: Scenarios,
-    /// Peers: direct, udp-fanout, socat, udp-tee, nginx-session, nginx-datagram,
+    /// Peers: direct, udp-fanout, udp-fanout-kernel, socat, udp-tee, nginx-session, nginx-datagram,
     /// envoy-session, envoy-packet, nftables; `nginx`, `envoy` for both modes, `all`.
     #[arg(long, value_parser = |s: &str| PeerId::parse_list(s).map(Peers), default_value = "all")]
     pub(super) peers: Peers,

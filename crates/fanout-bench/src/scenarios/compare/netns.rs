@@ -1,5 +1,5 @@
-//! A throwaway three-namespace topology for the in-kernel peer (nftables), deleted by its
-//! guard's `Drop`.
+//! A throwaway three-namespace topology for the in-kernel peers (nftables, and udp-fanout's
+//! own kernel plane), deleted by its guard's `Drop`.
 //!
 //! ```text
 //!  client ns              router ns                    backend ns
@@ -49,6 +49,8 @@ pub(crate) struct Topology {
     names: [String; 3],
     /// The router's interface towards the backends.
     pub(crate) router_backend_if: String,
+    /// The router's interface towards the client (where the clients' datagrams arrive).
+    pub(crate) router_client_if: String,
 }
 
 impl Topology {
@@ -63,6 +65,7 @@ impl Topology {
                 format!("ufxb{tag}"),
             ],
             router_backend_if: format!("uxb{tag}"),
+            router_client_if: format!("uxr{tag}"),
         };
         for name in &t.names {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
@@ -83,20 +86,19 @@ impl Topology {
         let [c, r, b] = &self.names;
         let (cif, rcif, bif) = (
             format!("uxc{tag}"),
-            format!("uxr{tag}"),
+            &self.router_client_if,
             format!("uxd{tag}"),
         );
         let rbif = &self.router_backend_if;
         run(&[
-            "ip", "link", "add", &cif, "netns", c, "type", "veth", "peer", "name", &rcif, "netns",
-            r,
+            "ip", "link", "add", &cif, "netns", c, "type", "veth", "peer", "name", rcif, "netns", r,
         ])?;
         run(&[
             "ip", "link", "add", rbif, "netns", r, "type", "veth", "peer", "name", &bif, "netns", b,
         ])?;
         let addrs = [
             (c, &cif, format!("{CLIENT_IP}/24")),
-            (r, &rcif, "198.18.1.1/24".to_owned()),
+            (r, rcif, "198.18.1.1/24".to_owned()),
             (r, rbif, "198.18.2.1/24".to_owned()),
             (b, &bif, format!("{}/24", BACKENDS[0])),
             (b, &bif, format!("{}/24", BACKENDS[1])),
@@ -104,7 +106,7 @@ impl Topology {
         for (ns, dev, addr) in &addrs {
             run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev])?;
         }
-        for (ns, dev) in [(c, &cif), (r, &rcif), (r, rbif), (b, &bif)] {
+        for (ns, dev) in [(c, &cif), (r, rcif), (r, rbif), (b, &bif)] {
             run(&["ip", "-n", ns, "link", "set", dev, "mtu", "65535", "up"])?;
         }
         run(&[
@@ -154,6 +156,11 @@ impl Topology {
     /// The client namespace.
     pub(crate) fn client(&self) -> NsPath {
         NsPath::named(&self.names[0])
+    }
+
+    /// The router namespace (where nftables' rules or udp-fanout's kernel plane run).
+    pub(crate) fn router(&self) -> NsPath {
+        NsPath::named(&self.names[1])
     }
 
     /// The backend namespace.

@@ -97,7 +97,7 @@ fn panel(area: &Area<'_>, sc: &ScenarioResult) -> anyhow::Result<()> {
         .draw()?;
     chart.draw_series(bars.iter().enumerate().map(|(i, (_, peer, s))| {
         let color = match peer {
-            PeerId::UdpFanout => FANOUT,
+            PeerId::UdpFanout | PeerId::UdpFanoutKernel => FANOUT,
             PeerId::Direct => DIRECT,
             _ => OTHER,
         };

@@ -14,6 +14,7 @@
 
 mod direct;
 pub(crate) mod envoy;
+mod fanout_kernel;
 mod nftables;
 pub(crate) mod nginx;
 pub(crate) mod socat;
@@ -35,6 +36,8 @@ pub enum PeerId {
     Direct,
     /// udp-fanout's userspace plane, default workers.
     UdpFanout,
+    /// udp-fanout's kernel plane (`mode: tc_ebpf`), in the nftables peer's namespaces.
+    UdpFanoutKernel,
     /// One `socat -u UDP-RECV UDP-SENDTO` relay (cannot balance).
     Socat,
     /// nginx stream UDP proxy, session mode (default `proxy_responses`).
@@ -56,6 +59,7 @@ pub enum PeerId {
 enum Product {
     Bench,
     UdpFanout,
+    UdpFanoutKernel,
     Socat,
     Nginx,
     Envoy,
@@ -64,9 +68,10 @@ enum Product {
 
 impl PeerId {
     /// Every peer, in table order.
-    pub const ALL: [PeerId; 9] = [
+    pub const ALL: [PeerId; 10] = [
         Self::Direct,
         Self::UdpFanout,
+        Self::UdpFanoutKernel,
         Self::Socat,
         Self::UdpTee,
         Self::NginxSession,
@@ -81,6 +86,7 @@ impl PeerId {
         match self {
             Self::Direct => "direct",
             Self::UdpFanout => "udp-fanout",
+            Self::UdpFanoutKernel => "udp-fanout-kernel",
             Self::Socat => "socat",
             Self::NginxSession => "nginx-session",
             Self::NginxDatagram => "nginx-datagram",
@@ -96,6 +102,7 @@ impl PeerId {
         match self {
             Self::Direct => "direct (ceiling)",
             Self::UdpFanout => "udp-fanout",
+            Self::UdpFanoutKernel => "udp-fanout, kernel plane (tc_ebpf)",
             Self::Socat => "socat relay",
             Self::NginxSession => "nginx, session mode",
             Self::NginxDatagram => "nginx, per-datagram",
@@ -138,6 +145,7 @@ impl PeerId {
         match self {
             Self::Direct => Product::Bench,
             Self::UdpFanout => Product::UdpFanout,
+            Self::UdpFanoutKernel => Product::UdpFanoutKernel,
             Self::Socat | Self::UdpTee => Product::Socat,
             Self::NginxSession | Self::NginxDatagram => Product::Nginx,
             Self::EnvoySession | Self::EnvoyPacket => Product::Envoy,
@@ -165,6 +173,9 @@ impl PeerId {
             (Self::EnvoyPacket, Shape::RequestReply) => {
                 Some("the reply path is compared in per-session mode")
             }
+            (Self::UdpFanoutKernel, Shape::RequestReply) => Some(
+                "the kernel plane keeps no sessions: the reply path is a userspace-plane feature",
+            ),
             _ => None,
         }
     }
@@ -188,6 +199,12 @@ impl PeerId {
                 Some("conntrack DNAT: balances per flow, not per datagram")
             }
             (Self::Nftables, Shape::Mirror) => Some("`dup to` plus DNAT"),
+            (Self::UdpFanoutKernel, Shape::Balance) => Some(
+                "nftables' namespaces; TC rewrites and redirects each datagram, round-robin per CPU",
+            ),
+            (Self::UdpFanoutKernel, Shape::Mirror) => {
+                Some("nftables' namespaces; one bpf_clone_redirect copy per sink")
+            }
             _ => None,
         }
     }
@@ -208,6 +225,7 @@ impl PeerId {
         match self {
             Self::Direct => direct::start(spec, ctx),
             Self::UdpFanout => udp_fanout::start(spec, ctx),
+            Self::UdpFanoutKernel => fanout_kernel::start(spec, ctx),
             Self::Socat => socat::start_relay(spec, ctx),
             Self::UdpTee => socat::start_tee(spec, ctx),
             Self::NginxSession => nginx::start(spec, ctx, true),
@@ -279,6 +297,15 @@ fn probe(p: Product, udp_fanout: &Path) -> Result<String, String> {
             run(&bin, &["--version"])
                 .map(|v| first_line(&v))
                 .map_err(|e| missing("udp-fanout", e, "cargo build --release -p udp-fanout"))
+        }
+        Product::UdpFanoutKernel => {
+            if !nix::unistd::geteuid().is_root() {
+                return Err(
+                    "the kernel plane needs root (BPF, network namespaces); run as root".into(),
+                );
+            }
+            run("ip", &["-V"]).map_err(|e| missing("ip", e, "apt-get install iproute2"))?;
+            probe(Product::UdpFanout, udp_fanout)
         }
         Product::Socat => run("socat", &["-V"])
             .map(|v| socat_version(&v))
@@ -408,6 +435,16 @@ mod tests {
         assert!(PeerId::UdpTee.not_applicable(ScenarioId::D).is_none());
         assert!(PeerId::Nftables.not_applicable(ScenarioId::E).is_none());
         assert!(PeerId::Socat.not_applicable(ScenarioId::E).is_none());
+        assert!(
+            PeerId::UdpFanoutKernel
+                .not_applicable(ScenarioId::E)
+                .is_some()
+        );
+        assert!(
+            PeerId::UdpFanoutKernel
+                .not_applicable(ScenarioId::D)
+                .is_none()
+        );
         for s in ScenarioId::PEERS {
             assert!(PeerId::UdpFanout.not_applicable(s).is_none());
             assert!(PeerId::Direct.not_applicable(s).is_none());
