@@ -140,6 +140,11 @@ impl CompareReport {
              time after waiting for the machine to get quiet. On two cores the generator, the peer \
              and the sinks compete for the CPUs, so the figures are low in absolute terms and \
              the direct row (no proxy) is the ceiling everything else is measured against. \
+             The in-kernel peers, nftables and udp-fanout's kernel plane (`mode: tc_ebpf`), \
+             forward only routed packets, so they run in three network namespaces (client, \
+             router, backends, linked by veths with a 65,535-byte MTU), the generator in the \
+             first and the sinks in the last; their work is done in the generator's and \
+             sinks' softirqs, so no process CPU is given for them (\"in kernel\"). \
              Scenario (f), udp-fanout's kernel plane against plain kernel forwarding, is \
              measured differently (in network namespaces, with an in-kernel generator, at its \
              maximum rate, CPU per datagram from traced softirq time): its method is in its \
@@ -195,14 +200,31 @@ impl CompareReport {
             if let Some(r) = sc.ratio(PeerId::UdpFanout, PeerId::Direct) {
                 parts.push(format!("{:.0} % of direct", r * 100.0));
             }
-            for row in sc
-                .rows
-                .iter()
-                .filter(|r| !matches!(r.peer, PeerId::Direct | PeerId::UdpFanout))
-            {
+            for row in sc.rows.iter().filter(|r| {
+                !matches!(
+                    r.peer,
+                    PeerId::Direct | PeerId::UdpFanout | PeerId::UdpFanoutKernel
+                )
+            }) {
                 if let Some(r) = sc.ratio(PeerId::UdpFanout, row.peer) {
                     parts.push(format!("{} vs {}", ratio(r), row.label));
                 }
+            }
+            if let Some(k) = sc.max_of(PeerId::UdpFanoutKernel) {
+                let mut part = format!("kernel plane (tc_ebpf) {}", thousands(k as u64));
+                if sc.spec.id == ScenarioId::D {
+                    part.push_str(&format!(
+                        " ({:.2} Gbit/s per sink)",
+                        sc.spec.gbit_per_sink(k)
+                    ));
+                }
+                if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Direct) {
+                    part.push_str(&format!(", {:.0} % of direct", r * 100.0));
+                }
+                if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Nftables) {
+                    part.push_str(&format!(", {} vs nftables", ratio(r)));
+                }
+                parts.push(part);
             }
             let _ = writeln!(
                 s,
