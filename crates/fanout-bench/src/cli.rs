@@ -481,7 +481,10 @@ mod tests {
             panic!("not compare")
         };
         assert_eq!(a.scenarios.0.len(), 6);
-        assert_eq!(a.peers.0.len(), fanout_bench::scenarios::compare::peers::PeerId::ALL.len());
+        assert_eq!(
+            a.peers.0.len(),
+            fanout_bench::scenarios::compare::peers::PeerId::ALL.len()
+        );
         assert_eq!(a.repeats, 3);
         assert!(!a.quick && a.write.is_none());
         let c = Cli::try_parse_from([

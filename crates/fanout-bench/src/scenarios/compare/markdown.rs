@@ -197,8 +197,15 @@ impl CompareReport {
                     sc.spec.gbit_per_sink(fanout)
                 ));
             }
+            let bound = |peer| {
+                bounded(
+                    sc.generator_bound(PeerId::UdpFanout),
+                    sc.generator_bound(peer),
+                )
+            };
             if let Some(r) = sc.ratio(PeerId::UdpFanout, PeerId::Direct) {
-                parts.push(format!("{:.0} % of direct", r * 100.0));
+                let (pre, post) = bound(PeerId::Direct);
+                parts.push(format!("{pre}{:.0} % of direct{post}", r * 100.0));
             }
             for row in sc.rows.iter().filter(|r| {
                 !matches!(
@@ -207,7 +214,8 @@ impl CompareReport {
                 )
             }) {
                 if let Some(r) = sc.ratio(PeerId::UdpFanout, row.peer) {
-                    parts.push(format!("{} vs {}", ratio(r), row.label));
+                    let (pre, post) = bound(row.peer);
+                    parts.push(format!("{pre}{} vs {}{post}", ratio(r), row.label));
                 }
             }
             if let Some(k) = sc.max_of(PeerId::UdpFanoutKernel) {
@@ -218,11 +226,19 @@ impl CompareReport {
                         sc.spec.gbit_per_sink(k)
                     ));
                 }
+                let kb = |peer| {
+                    bounded(
+                        sc.generator_bound(PeerId::UdpFanoutKernel),
+                        sc.generator_bound(peer),
+                    )
+                };
                 if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Direct) {
-                    part.push_str(&format!(", {:.0} % of direct", r * 100.0));
+                    let (pre, post) = kb(PeerId::Direct);
+                    part.push_str(&format!(", {pre}{:.0} % of direct{post}", r * 100.0));
                 }
                 if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Nftables) {
-                    part.push_str(&format!(", {} vs nftables", ratio(r)));
+                    let (pre, post) = kb(PeerId::Nftables);
+                    part.push_str(&format!(", {pre}{} vs nftables{post}", ratio(r)));
                 }
                 parts.push(part);
             }
@@ -244,9 +260,23 @@ impl CompareReport {
         if !s.is_empty() {
             let _ = writeln!(
                 out,
-                "Summary (ratios of median maximum lossless rates):\n\n{s}"
+                "Summary (ratios of median maximum lossless rates; \"≥\": udp-fanout lost \
+                 nothing at the highest rate the generator could offer in every repeat, so the \
+                 ratio is a lower bound; \"both at the generator's limit\": neither side was \
+                 the bottleneck, so the ratio compares the generator with itself):\n\n{s}"
             );
         }
+    }
+}
+
+/// How to qualify a ratio of udp-fanout's maximum to a peer's, given whether each stopped at
+/// the generator's limit rather than at its own: (prefix, suffix).
+fn bounded(fanout_at_generator: bool, peer_at_generator: bool) -> (&'static str, &'static str) {
+    match (fanout_at_generator, peer_at_generator) {
+        (true, true) => ("", " (both at the generator's limit)"),
+        (true, false) => ("≥ ", ""),
+        (false, true) => ("≤ ", ""),
+        (false, false) => ("", ""),
     }
 }
 
@@ -477,6 +507,18 @@ fn quick_table(s: &mut String, sc: &ScenarioResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_say_when_the_generator_set_them() {
+        assert_eq!(bounded(false, false), ("", ""));
+        assert_eq!(bounded(true, false), ("≥ ", ""));
+        assert_eq!(bounded(false, true), ("≤ ", ""));
+        assert!(
+            bounded(true, true)
+                .1
+                .contains("both at the generator's limit")
+        );
+    }
 
     #[test]
     fn numbers_are_formatted_for_people() {

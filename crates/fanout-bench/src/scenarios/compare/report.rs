@@ -205,6 +205,16 @@ impl ScenarioResult {
         Some(m.max_lossless.median)
     }
 
+    /// Whether every repeat of `peer` stopped because the generator could offer no more
+    /// (without loss): its maximum is then the generator's, and the peer could do more.
+    pub fn generator_bound(&self, peer: PeerId) -> bool {
+        self.rows
+            .iter()
+            .find(|r| r.peer == peer)
+            .and_then(Row::measured)
+            .is_some_and(|m| !m.repeats.is_empty() && m.limited_by_generator == m.repeats.len())
+    }
+
     /// `peer`'s median maximum over `base`'s.
     pub fn ratio(&self, peer: PeerId, base: PeerId) -> Option<f64> {
         let b = self.max_of(base)?;
