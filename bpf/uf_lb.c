@@ -326,19 +326,20 @@ int uf_tc(struct __sk_buff *skb)
 
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + UF_HDR_MAX > data_end) {
-		/* Headers may be in paged data: make them linear (and direct-readable). */
+	if (uf_parse(data, data_end, &t.p) != UF_PARSE_OK) {
+		/* The headers may continue in paged data: make them linear (direct-readable) and
+		 * parse again. Only then: a pull moves payload bytes into the head, which costs a
+		 * head reallocation per packet, and the kernel's own skbs (a local sender's large
+		 * datagrams, for one) usually have all their headers in the head already. */
 		want = skb->len < UF_HDR_MAX ? skb->len : UF_HDR_MAX;
 		lin = (long)data_end - (long)data;
-		if (lin < want) {
-			if (bpf_skb_pull_data(skb, want))
-				return TC_ACT_OK;
-			data = (void *)(long)skb->data;
-			data_end = (void *)(long)skb->data_end;
-		}
+		if (lin >= want || bpf_skb_pull_data(skb, want))
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (uf_parse(data, data_end, &t.p) != UF_PARSE_OK)
+			return TC_ACT_OK;
 	}
-	if (uf_parse(data, data_end, &t.p) != UF_PARSE_OK)
-		return TC_ACT_OK;
 	if (!uf_find_listener(&t.p, &l) || l.distribution > UF_DIST_MIRROR)
 		return TC_ACT_OK;
 	id = l.id;
