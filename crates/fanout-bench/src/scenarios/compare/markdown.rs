@@ -182,73 +182,8 @@ impl CompareReport {
 
     fn summary(&self, out: &mut String) {
         let mut s = String::new();
-        for sc in &self.scenarios {
-            let Some(fanout) = sc.max_of(PeerId::UdpFanout) else {
-                continue;
-            };
-            let mut parts = vec![format!(
-                "udp-fanout {} {}",
-                thousands(fanout as u64),
-                sc.spec.unit()
-            )];
-            if sc.spec.id == ScenarioId::D {
-                parts[0].push_str(&format!(
-                    " ({:.2} Gbit/s per sink)",
-                    sc.spec.gbit_per_sink(fanout)
-                ));
-            }
-            let bound = |peer| {
-                bounded(
-                    sc.generator_bound(PeerId::UdpFanout),
-                    sc.generator_bound(peer),
-                )
-            };
-            if let Some(r) = sc.ratio(PeerId::UdpFanout, PeerId::Direct) {
-                let (pre, post) = bound(PeerId::Direct);
-                parts.push(format!("{pre}{:.0} % of direct{post}", r * 100.0));
-            }
-            for row in sc.rows.iter().filter(|r| {
-                !matches!(
-                    r.peer,
-                    PeerId::Direct | PeerId::UdpFanout | PeerId::UdpFanoutKernel
-                )
-            }) {
-                if let Some(r) = sc.ratio(PeerId::UdpFanout, row.peer) {
-                    let (pre, post) = bound(row.peer);
-                    parts.push(format!("{pre}{} vs {}{post}", ratio(r), row.label));
-                }
-            }
-            if let Some(k) = sc.max_of(PeerId::UdpFanoutKernel) {
-                let mut part = format!("kernel plane (tc_ebpf) {}", thousands(k as u64));
-                if sc.spec.id == ScenarioId::D {
-                    part.push_str(&format!(
-                        " ({:.2} Gbit/s per sink)",
-                        sc.spec.gbit_per_sink(k)
-                    ));
-                }
-                let kb = |peer| {
-                    bounded(
-                        sc.generator_bound(PeerId::UdpFanoutKernel),
-                        sc.generator_bound(peer),
-                    )
-                };
-                if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Direct) {
-                    let (pre, post) = kb(PeerId::Direct);
-                    part.push_str(&format!(", {pre}{:.0} % of direct{post}", r * 100.0));
-                }
-                if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Nftables) {
-                    let (pre, post) = kb(PeerId::Nftables);
-                    part.push_str(&format!(", {pre}{} vs nftables{post}", ratio(r)));
-                }
-                parts.push(part);
-            }
-            let _ = writeln!(
-                s,
-                "- {} {}: {}",
-                sc.spec.id,
-                sc.spec.title,
-                parts.join(", ")
-            );
+        for line in self.scenarios.iter().filter_map(scenario_summary) {
+            let _ = writeln!(s, "{line}");
         }
         if let Some(line) = self
             .kernel
@@ -267,6 +202,78 @@ impl CompareReport {
             );
         }
     }
+}
+
+/// One scenario's summary line: udp-fanout's maximum, its ratios to direct and to each peer,
+/// and its kernel plane's figures when measured.
+fn scenario_summary(sc: &ScenarioResult) -> Option<String> {
+    let fanout = sc.max_of(PeerId::UdpFanout)?;
+    let mut parts = vec![format!(
+        "udp-fanout {} {}",
+        thousands(fanout as u64),
+        sc.spec.unit()
+    )];
+    if sc.spec.id == ScenarioId::D {
+        parts[0].push_str(&format!(
+            " ({:.2} Gbit/s per sink)",
+            sc.spec.gbit_per_sink(fanout)
+        ));
+    }
+    let bound = |peer| {
+        bounded(
+            sc.generator_bound(PeerId::UdpFanout),
+            sc.generator_bound(peer),
+        )
+    };
+    if let Some(r) = sc.ratio(PeerId::UdpFanout, PeerId::Direct) {
+        let (pre, post) = bound(PeerId::Direct);
+        parts.push(format!("{pre}{:.0} % of direct{post}", r * 100.0));
+    }
+    for row in sc.rows.iter().filter(|r| {
+        !matches!(
+            r.peer,
+            PeerId::Direct | PeerId::UdpFanout | PeerId::UdpFanoutKernel
+        )
+    }) {
+        if let Some(r) = sc.ratio(PeerId::UdpFanout, row.peer) {
+            let (pre, post) = bound(row.peer);
+            parts.push(format!("{pre}{} vs {}{post}", ratio(r), row.label));
+        }
+    }
+    parts.extend(kernel_plane_summary(sc));
+    Some(format!(
+        "- {} {}: {}",
+        sc.spec.id,
+        sc.spec.title,
+        parts.join(", ")
+    ))
+}
+
+/// The kernel plane's part of a summary line: its maximum, against direct and nftables.
+fn kernel_plane_summary(sc: &ScenarioResult) -> Option<String> {
+    let k = sc.max_of(PeerId::UdpFanoutKernel)?;
+    let mut part = format!("kernel plane (tc_ebpf) {}", thousands(k as u64));
+    if sc.spec.id == ScenarioId::D {
+        part.push_str(&format!(
+            " ({:.2} Gbit/s per sink)",
+            sc.spec.gbit_per_sink(k)
+        ));
+    }
+    let bound = |peer| {
+        bounded(
+            sc.generator_bound(PeerId::UdpFanoutKernel),
+            sc.generator_bound(peer),
+        )
+    };
+    if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Direct) {
+        let (pre, post) = bound(PeerId::Direct);
+        part.push_str(&format!(", {pre}{:.0} % of direct{post}", r * 100.0));
+    }
+    if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Nftables) {
+        let (pre, post) = bound(PeerId::Nftables);
+        part.push_str(&format!(", {pre}{} vs nftables{post}", ratio(r)));
+    }
+    Some(part)
 }
 
 /// How to qualify a ratio of udp-fanout's maximum to a peer's, given whether each stopped at
@@ -507,6 +514,8 @@ fn quick_table(s: &mut String, sc: &ScenarioResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::compare::report::{Measured, Outcome, Row};
+    use crate::scenarios::compare::sweep::{Limit, Repeat};
 
     #[test]
     fn ratios_say_when_the_generator_set_them() {
@@ -518,6 +527,76 @@ mod tests {
                 .1
                 .contains("both at the generator's limit")
         );
+    }
+
+    /// A measured row whose three repeats all stopped at `max` for `limit`.
+    fn row(peer: PeerId, max: u64, limit: Limit) -> Row {
+        use crate::scenarios::compare::measure::{Anomalies, Point, ProcCost};
+        let fixed = Point {
+            rate: 1_000,
+            achieved_pps: 1_000.0,
+            sent: 1_000,
+            send_errors: 0,
+            copies: Vec::new(),
+            replies: None,
+            loss: 0.0,
+            split: Vec::new(),
+            anomalies: Anomalies::default(),
+            latency: None,
+            cost: ProcCost::default(),
+            sink_kernel_drops: 0,
+            rcvbuf_errors: None,
+            fanout: None,
+            foreign_cpu: None,
+            elapsed: std::time::Duration::ZERO,
+        };
+        let repeat = Repeat {
+            max_lossless: max,
+            capped: false,
+            limited_by: Some(limit),
+            steps: Vec::new(),
+            fixed,
+            fixed_retries: 0,
+        };
+        Row {
+            peer,
+            label: peer.label(),
+            version: None,
+            note: None,
+            outcome: Outcome::Measured(Box::new(Measured::from_repeats(vec![repeat; 3]))),
+        }
+    }
+
+    #[test]
+    fn summary_lines_qualify_generator_bound_ratios_and_add_the_kernel_plane() {
+        let sc = ScenarioResult {
+            spec: ScenarioId::D.spec(),
+            rows: vec![
+                row(PeerId::Direct, 40_000, Limit::Generator),
+                row(PeerId::UdpFanout, 30_000, Limit::Loss),
+                row(PeerId::UdpFanoutKernel, 45_000, Limit::Loss),
+                row(PeerId::UdpTee, 15_000, Limit::Loss),
+                row(PeerId::Nftables, 50_000, Limit::Generator),
+            ],
+        };
+        let line = scenario_summary(&sc).unwrap();
+        assert!(line.starts_with("- (d) "), "{line}");
+        assert!(
+            line.contains("udp-fanout 30,000 datagrams/s (15.36 Gbit/s per sink)"),
+            "{line}"
+        );
+        // udp-fanout lost at its edge, direct and nftables did not: upper bounds.
+        assert!(line.contains("≤ 75 % of direct"), "{line}");
+        assert!(line.contains("2.00× vs udp-tee"), "{line}");
+        assert!(line.contains("≤ 0.60× vs nftables"), "{line}");
+        assert!(!line.contains("vs udp-fanout, kernel plane"), "{line}");
+        assert!(
+            line.contains("kernel plane (tc_ebpf) 45,000 (23.04 Gbit/s per sink), ≤ 112 % of direct, ≤ 0.90× vs nftables"),
+            "{line}"
+        );
+        let mut sc = sc;
+        sc.rows.retain(|r| r.peer != PeerId::UdpFanout);
+        assert_eq!(scenario_summary(&sc), None);
     }
 
     #[test]
