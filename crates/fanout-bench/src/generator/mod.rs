@@ -232,6 +232,10 @@ struct Sender<'a> {
     socks: &'a [UdpSocket],
     queue: SendQueue,
     bufs: Vec<Vec<u8>>,
+    /// What each buffer's filler was written for: a buffer reused for the same flow and size
+    /// only gets a new header (writing 64 KB of filler per datagram would make the generator
+    /// the bottleneck of large-datagram runs).
+    prepared: Vec<Option<payload::Prepared>>,
     flows: Vec<FlowReport>,
     sent: u64,
     send_errors: u64,
@@ -263,6 +267,7 @@ impl<'a> Sender<'a> {
             socks,
             queue: SendQueue::new(cfg.batch),
             bufs: vec![vec![0u8; max_size]; cfg.batch],
+            prepared: vec![None; cfg.batch],
             flows,
             sent: 0,
             send_errors: 0,
@@ -297,8 +302,17 @@ impl<'a> Sender<'a> {
         let mut i = from;
         let mut k = 0;
         while k < self.bufs.len() && i < end {
-            let buf = &mut self.bufs[k][..size_of(cfg, i)];
-            payload::encode(buf, cfg.stream_id, flow as u32, i / flows, ts);
+            let size = size_of(cfg, i);
+            let buf = &mut self.bufs[k][..size];
+            let p = match self.prepared[k] {
+                Some(p) if p.fits(cfg.stream_id, flow as u32, size) => p,
+                _ => {
+                    let p = payload::prepare(buf, cfg.stream_id, flow as u32);
+                    self.prepared[k] = Some(p);
+                    p
+                }
+            };
+            payload::stamp(buf, p, i / flows, ts);
             i += flows;
             k += 1;
         }
