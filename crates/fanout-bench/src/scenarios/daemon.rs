@@ -192,7 +192,10 @@ impl Daemon {
         let addr = self
             .metrics
             .ok_or_else(|| anyhow!("udp-fanout logged no metrics endpoint"))?;
-        let (status, body) = on_thread(self.netns.as_ref(), None, || http_get(addr, "/metrics"))?;
+        let (status, body) = match &self.netns {
+            Some(ns) => on_thread(Some(ns), None, || http_get(addr, "/metrics"))?,
+            None => http_get(addr, "/metrics")?,
+        };
         if !status.contains(" 200") {
             bail!("GET http://{addr}/metrics: {status}");
         }

@@ -208,37 +208,17 @@ impl CompareReport {
 /// and its kernel plane's figures when measured.
 fn scenario_summary(sc: &ScenarioResult) -> Option<String> {
     let fanout = sc.max_of(PeerId::UdpFanout)?;
-    let mut parts = vec![format!(
-        "udp-fanout {} {}",
-        thousands(fanout as u64),
-        sc.spec.unit()
-    )];
-    if sc.spec.id == ScenarioId::D {
-        parts[0].push_str(&format!(
-            " ({:.2} Gbit/s per sink)",
-            sc.spec.gbit_per_sink(fanout)
-        ));
-    }
-    let bound = |peer| {
-        bounded(
-            sc.generator_bound(PeerId::UdpFanout),
-            sc.generator_bound(peer),
-        )
-    };
-    if let Some(r) = sc.ratio(PeerId::UdpFanout, PeerId::Direct) {
-        let (pre, post) = bound(PeerId::Direct);
-        parts.push(format!("{pre}{:.0} % of direct{post}", r * 100.0));
-    }
+    let mut parts = vec![format!("udp-fanout {}", max_text(sc, fanout, true))];
+    let of_direct = |r: f64| format!("{:.0} % of direct", r * 100.0);
+    parts.extend(qualified(sc, PeerId::UdpFanout, PeerId::Direct, of_direct));
     for row in sc.rows.iter().filter(|r| {
         !matches!(
             r.peer,
             PeerId::Direct | PeerId::UdpFanout | PeerId::UdpFanoutKernel
         )
     }) {
-        if let Some(r) = sc.ratio(PeerId::UdpFanout, row.peer) {
-            let (pre, post) = bound(row.peer);
-            parts.push(format!("{pre}{} vs {}{post}", ratio(r), row.label));
-        }
+        let vs = |r: f64| format!("{} vs {}", ratio(r), row.label);
+        parts.extend(qualified(sc, PeerId::UdpFanout, row.peer, vs));
     }
     parts.extend(kernel_plane_summary(sc));
     Some(format!(
@@ -252,28 +232,51 @@ fn scenario_summary(sc: &ScenarioResult) -> Option<String> {
 /// The kernel plane's part of a summary line: its maximum, against direct and nftables.
 fn kernel_plane_summary(sc: &ScenarioResult) -> Option<String> {
     let k = sc.max_of(PeerId::UdpFanoutKernel)?;
-    let mut part = format!("kernel plane (tc_ebpf) {}", thousands(k as u64));
+    let mut parts = vec![format!("kernel plane (tc_ebpf) {}", max_text(sc, k, false))];
+    let of_direct = |r: f64| format!("{:.0} % of direct", r * 100.0);
+    let vs_nft = |r: f64| format!("{} vs nftables", ratio(r));
+    parts.extend(qualified(
+        sc,
+        PeerId::UdpFanoutKernel,
+        PeerId::Direct,
+        of_direct,
+    ));
+    parts.extend(qualified(
+        sc,
+        PeerId::UdpFanoutKernel,
+        PeerId::Nftables,
+        vs_nft,
+    ));
+    Some(parts.join(", "))
+}
+
+/// A maximum as the summary writes it (with its unit if `unit`), in Gbit/s per sink too for (d).
+fn max_text(sc: &ScenarioResult, v: f64, unit: bool) -> String {
+    let mut t = thousands(v as u64);
+    if unit {
+        t.push(' ');
+        t.push_str(sc.spec.unit());
+    }
     if sc.spec.id == ScenarioId::D {
-        part.push_str(&format!(
+        t.push_str(&format!(
             " ({:.2} Gbit/s per sink)",
-            sc.spec.gbit_per_sink(k)
+            sc.spec.gbit_per_sink(v)
         ));
     }
-    let bound = |peer| {
-        bounded(
-            sc.generator_bound(PeerId::UdpFanoutKernel),
-            sc.generator_bound(peer),
-        )
-    };
-    if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Direct) {
-        let (pre, post) = bound(PeerId::Direct);
-        part.push_str(&format!(", {pre}{:.0} % of direct{post}", r * 100.0));
-    }
-    if let Some(r) = sc.ratio(PeerId::UdpFanoutKernel, PeerId::Nftables) {
-        let (pre, post) = bound(PeerId::Nftables);
-        part.push_str(&format!(", {pre}{} vs nftables{post}", ratio(r)));
-    }
-    Some(part)
+    t
+}
+
+/// `who`'s maximum over `base`'s written by `text`, qualified by which of the two the
+/// generator held back; `None` unless both were measured.
+fn qualified(
+    sc: &ScenarioResult,
+    who: PeerId,
+    base: PeerId,
+    text: impl Fn(f64) -> String,
+) -> Option<String> {
+    let r = sc.ratio(who, base)?;
+    let (pre, post) = bounded(sc.generator_bound(who), sc.generator_bound(base));
+    Some(format!("{pre}{}{post}", text(r)))
 }
 
 /// How to qualify a ratio of udp-fanout's maximum to a peer's, given whether each stopped at
@@ -438,7 +441,7 @@ fn split_cell(spec: &Spec, v: &[u64]) -> String {
 }
 
 /// `[500, 500]` → `50:50`.
-fn split(v: &[u64]) -> String {
+pub(super) fn split(v: &[u64]) -> String {
     let total: u64 = v.iter().sum();
     if total == 0 {
         return "—".to_owned();
@@ -531,24 +534,12 @@ mod tests {
 
     /// A measured row whose three repeats all stopped at `max` for `limit`.
     fn row(peer: PeerId, max: u64, limit: Limit) -> Row {
-        use crate::scenarios::compare::measure::{Anomalies, Point, ProcCost};
+        use crate::scenarios::compare::measure::Point;
         let fixed = Point {
             rate: 1_000,
             achieved_pps: 1_000.0,
             sent: 1_000,
-            send_errors: 0,
-            copies: Vec::new(),
-            replies: None,
-            loss: 0.0,
-            split: Vec::new(),
-            anomalies: Anomalies::default(),
-            latency: None,
-            cost: ProcCost::default(),
-            sink_kernel_drops: 0,
-            rcvbuf_errors: None,
-            fanout: None,
-            foreign_cpu: None,
-            elapsed: std::time::Duration::ZERO,
+            ..Point::default()
         };
         let repeat = Repeat {
             max_lossless: max,

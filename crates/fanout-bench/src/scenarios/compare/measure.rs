@@ -129,7 +129,7 @@ impl FanoutCounters {
 }
 
 /// One measurement at one offered rate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Point {
     /// Offered datagrams (requests) per second.
     pub rate: u64,

@@ -32,6 +32,10 @@ pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// The two backend addresses.
 pub(crate) const BACKENDS: [Ipv4Addr; 2] =
     [Ipv4Addr::new(198, 18, 2, 2), Ipv4Addr::new(198, 18, 2, 3)];
+/// The port clients send to, on the VIP.
+pub(crate) const VIP_PORT: u16 = 5000;
+/// The backends' port.
+pub(crate) const BACKEND_PORT: u16 = 6000;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -109,26 +113,9 @@ impl Topology {
         for (ns, dev) in [(c, &cif), (r, rcif), (r, rbif), (b, &bif)] {
             run(&["ip", "-n", ns, "link", "set", dev, "mtu", "65535", "up"])?;
         }
-        run(&[
-            "ip",
-            "-n",
-            c,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.18.1.1",
-        ])?;
-        run(&[
-            "ip",
-            "-n",
-            b,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.18.2.1",
-        ])?;
+        for (ns, gw) in [(c, "198.18.1.1"), (b, "198.18.2.1")] {
+            run(&["ip", "-n", ns, "route", "add", "default", "via", gw])?;
+        }
         // Mirrored copies (`dup to`) keep the VIP as their destination: the backend
         // namespace must take them as its own.
         run(&[

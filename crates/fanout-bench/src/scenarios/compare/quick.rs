@@ -138,33 +138,22 @@ fn fanout_books(spec: &Spec, p: &Point, f: &FanoutCounters) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::compare::measure::{Anomalies, CopyCount, ProcCost};
+    use crate::scenarios::compare::measure::CopyCount;
     use crate::scenarios::compare::scenario::ScenarioId;
-    use std::time::Duration;
 
     fn point(received: u64, sent: u64) -> Point {
         Point {
             rate: 1000,
             achieved_pps: 1000.0,
             sent,
-            send_errors: 0,
             copies: vec![CopyCount {
                 received,
                 lost: sent - received,
                 lost_by_sink: (sent - received) as i64,
                 ..CopyCount::default()
             }],
-            replies: None,
-            loss: 0.0,
             split: vec![received / 2, received - received / 2],
-            anomalies: Anomalies::default(),
-            latency: None,
-            cost: ProcCost::default(),
-            sink_kernel_drops: 0,
-            rcvbuf_errors: None,
-            fanout: None,
-            foreign_cpu: None,
-            elapsed: Duration::ZERO,
+            ..Point::default()
         }
     }
 

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use super::super::daemon::Daemon;
 use super::super::prom::Scrape;
 use super::measure::{self, FanoutCounters, Point, ProcCost};
-use super::netns::Topology;
+use super::netns::{CLIENT_IP, Topology, VIP, VIP_PORT};
 use super::placement::{NsPath, Pinning, on_thread};
 use super::procs::{self, Procs};
 use super::scenario::{Shape, Spec};
@@ -182,6 +182,23 @@ impl Rig {
                 copy: false,
             },
             topology: None,
+        }
+    }
+
+    /// A rig through the router namespace of `topo` (the in-kernel peers): the generator
+    /// sends from the client namespace to the VIP, the sinks live in the backend namespace.
+    pub(crate) fn routed(proxy: Proxy, sinks: SinkHandle, topo: Topology) -> Rig {
+        Rig {
+            proxy,
+            sinks,
+            target: SocketAddr::from((VIP, VIP_PORT)),
+            placement: GenPlacement {
+                ns: Some(topo.client()),
+                client_ip: CLIENT_IP.into(),
+                extra_targets: Vec::new(),
+                copy: false,
+            },
+            topology: Some(topo),
         }
     }
 

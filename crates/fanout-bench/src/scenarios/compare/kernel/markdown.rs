@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::super::machine::Machine;
-use super::super::markdown::{spread_rate, thousands};
+use super::super::markdown::{split, spread_rate, thousands};
 use super::super::report::Spread;
 use super::super::scenario::ScenarioId;
 use super::summary::{KernelCase, KernelMeasured, KernelOutcome, KernelQuick, KernelRow};
@@ -264,18 +264,6 @@ fn row(r: &KernelRow, mirror: bool, peers: bool) -> String {
         ns(&r.cpu_ns_net),
         notes.join("; ")
     )
-}
-
-/// `[500, 500]` → `50:50`.
-fn split(v: &[u64]) -> String {
-    let total: u64 = v.iter().sum();
-    if total == 0 {
-        return "—".to_owned();
-    }
-    v.iter()
-        .map(|&n| format!("{:.0}", n as f64 * 100.0 / total as f64))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn capitalised(s: &str) -> String {

@@ -21,14 +21,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::super::super::daemon::Daemon;
-use super::super::netns::{BACKENDS, CLIENT_IP, Topology, VIP};
-use super::super::rig::{Ctx, GenPlacement, Proxy, Rig, start_sinks};
+use super::super::netns::{BACKEND_PORT, BACKENDS, Topology, VIP, VIP_PORT as PORT};
+use super::super::rig::{Ctx, Proxy, Rig, start_sinks};
 use super::super::scenario::{Shape, Spec};
-
-/// The port clients send to, on the VIP.
-const PORT: u16 = 5000;
-/// The backends' port.
-const BACKEND_PORT: u16 = 6000;
 
 /// The daemon's config: the listener on the VIP, served by TC on `interface`.
 pub(super) fn yaml(shape: Shape, interface: &str) -> String {
@@ -61,18 +56,7 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
         ctx.startup.max(Duration::from_secs(10)),
         Some(&topo.router()),
     )?;
-    let mut rig = Rig {
-        proxy: Proxy::Fanout(Box::new(daemon)),
-        sinks,
-        target: SocketAddr::from((VIP, PORT)),
-        placement: GenPlacement {
-            ns: Some(topo.client()),
-            client_ip: CLIENT_IP.into(),
-            extra_targets: Vec::new(),
-            copy: false,
-        },
-        topology: Some(topo),
-    };
+    let mut rig = Rig::routed(Proxy::Fanout(Box::new(daemon)), sinks, topo);
     rig.wait_ready(spec, ctx.startup.max(Duration::from_secs(2)))?;
     Ok(rig)
 }

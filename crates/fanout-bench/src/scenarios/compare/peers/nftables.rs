@@ -12,14 +12,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
-use super::super::netns::{BACKENDS, CLIENT_IP, Topology, VIP};
-use super::super::rig::{Ctx, GenPlacement, Proxy, Rig, start_sinks};
+use super::super::netns::{BACKEND_PORT, BACKENDS, Topology, VIP, VIP_PORT as PORT};
+use super::super::rig::{Ctx, Proxy, Rig, start_sinks};
 use super::super::scenario::{Shape, Spec};
-
-/// The port clients send to, on the VIP.
-const PORT: u16 = 5000;
-/// The backends' port.
-const BACKEND_PORT: u16 = 6000;
 
 /// The router's ruleset for `shape`; `backend_if` is its interface towards the backends.
 pub(super) fn ruleset(shape: Shape, backend_if: &str) -> String {
@@ -62,18 +57,7 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
     std::fs::write(rules.path(), ruleset(spec.shape, &topo.router_backend_if))?;
     topo.load_rules(rules.path())
         .context("loading the nftables rules")?;
-    let mut rig = Rig {
-        proxy: Proxy::None,
-        sinks,
-        target: SocketAddr::from((VIP, PORT)),
-        placement: GenPlacement {
-            ns: Some(topo.client()),
-            client_ip: CLIENT_IP.into(),
-            extra_targets: Vec::new(),
-            copy: false,
-        },
-        topology: Some(topo),
-    };
+    let mut rig = Rig::routed(Proxy::None, sinks, topo);
     rig.wait_ready(spec, ctx.startup)?;
     Ok(rig)
 }
