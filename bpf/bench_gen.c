@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
  * bench_gen.c: the load generator and the counting sink of the network-namespace benchmark rig
- * (crates/fanout-ebpf/src/netbench/, used by the netns_forwarding bench and by fanout-bench
+ * (crates/fanout-kernel/src/netbench/, used by the netns_forwarding bench and by fanout-bench
  * compare's scenario (f)). Not part of udp-fanout itself.
  *
  * - bench_gen (XDP; attached in generic mode to a veth that is down, only to keep it in the

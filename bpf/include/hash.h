@@ -6,7 +6,7 @@
  * one of them hashes alike, so this is the same MurmurHash3 x86_32 with the same seed over the
  * same words as the Rust code: the client's address words and a port word (the two port bytes
  * as on the wire, then two zero bytes), each word read little-endian from the packet bytes, and
- * the byte length (4 * words) mixed in. The parity test in crates/fanout-ebpf/tests checks
+ * the byte length (4 * words) mixed in. The parity test in crates/fanout-kernel/tests checks
  * 10,000+ flows against the Rust function.
  */
 #ifndef UF_HASH_H

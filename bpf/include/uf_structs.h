@@ -3,7 +3,7 @@
  * uf_structs.h: the one definition of every map key and value of udp-fanout's kernel plane.
  *
  * The BPF programs include this file; the Rust loader gets the same layouts from it through
- * bindgen (crates/fanout-ebpf/build.rs), so the two sides cannot drift apart. Everything here is
+ * bindgen (crates/fanout-kernel/build.rs), so the two sides cannot drift apart. Everything here is
  * plain fixed-size data with explicit padding: no pointers, no bitfields, no implicit holes.
  *
  * Addresses and ports are stored in network byte order, exactly as they appear in packets, so

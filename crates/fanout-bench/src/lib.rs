@@ -18,7 +18,7 @@
 //! - [`addrs`], [`limits`]: source address lists and the open-file limit, for runs that
 //!   simulate very many clients.
 //!
-//! All socket I/O goes through `fanout-udp`'s batched `recvmmsg`/`sendmmsg` layer, so the
+//! All socket I/O goes through `fanout-userspace`'s batched `recvmmsg`/`sendmmsg` layer, so the
 //! bench stresses a proxy with the same batching the proxy itself uses, and this crate needs
 //! no `unsafe`.
 #![forbid(unsafe_code)]

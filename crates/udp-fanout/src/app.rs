@@ -8,8 +8,8 @@ use std::sync::Arc;
 use fanout_config::{Config, Fallback, ListenerConfig, Mode};
 use fanout_control::{Exporter, http};
 use fanout_core::merge_snapshots;
-use fanout_ebpf::plane::KernelPlane;
-use fanout_udp::UserspacePlane;
+use fanout_kernel::plane::KernelPlane;
+use fanout_userspace::UserspacePlane;
 use tokio::sync::oneshot;
 
 /// A failure to start.

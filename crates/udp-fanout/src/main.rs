@@ -26,7 +26,7 @@ struct Cli {
     check: bool,
 
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
-    /// "info,fanout_udp=debug"). Overrides RUST_LOG; default "info".
+    /// "info,fanout_userspace=debug"). Overrides RUST_LOG; default "info".
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
 }

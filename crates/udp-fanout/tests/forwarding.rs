@@ -345,7 +345,7 @@ fn several_listeners_are_all_served() {
 /// Sends `payloads` to `to` as one GSO run (the kernel keeps it as one buffer on loopback, so a
 /// GRO-enabled listener receives it coalesced).
 fn send_gso(to: SocketAddr, payloads: &[Vec<u8>]) {
-    use fanout_udp::sys::{SendOpts, SendQueue};
+    use fanout_userspace::sys::{SendOpts, SendQueue};
     use std::os::fd::AsFd;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut q = SendQueue::new(8);
@@ -355,7 +355,7 @@ fn send_gso(to: SocketAddr, payloads: &[Vec<u8>]) {
     }
     let mut sent = 0;
     tx.flush(sock.as_fd(), Duration::from_secs(1), |_, _, r| {
-        sent += usize::from(r == fanout_udp::sys::SendResult::Sent)
+        sent += usize::from(r == fanout_userspace::sys::SendResult::Sent)
     });
     assert_eq!(sent, payloads.len());
 }

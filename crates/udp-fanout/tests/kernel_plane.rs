@@ -232,7 +232,7 @@ fn live_change(mode: &str) {
     let s = sinks(&t);
     let cfg = fanout_config::from_yaml(&config(&t, mode, "round_robin", 3)).unwrap();
     let plane =
-        t.lb.enter(|| fanout_ebpf::plane::KernelPlane::start(&cfg))
+        t.lb.enter(|| fanout_kernel::plane::KernelPlane::start(&cfg))
             .unwrap()
             .unwrap();
     t.warm_neighbours();

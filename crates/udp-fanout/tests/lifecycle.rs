@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fanout_bench::{Sink, SinkHandle, SinkOptions};
 use fanout_core::select::{Endpoint, EndpointState};
-use fanout_udp::UserspacePlane;
+use fanout_userspace::UserspacePlane;
 
 fn echo_sink() -> SinkHandle {
     Sink::bind(

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::slice;
 use std::time::Duration;
 
-use fanout_udp::sys::MAX_DATAGRAM;
+use fanout_userspace::sys::MAX_DATAGRAM;
 
 use super::MAX_BATCH;
 use crate::payload::{self, MAX_V4_PAYLOAD};

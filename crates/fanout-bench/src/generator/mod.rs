@@ -10,7 +10,7 @@
 //! `sizes[i % sizes.len()]`. That mapping is fixed so that tests can recompute what any
 //! received datagram must be.
 //!
-//! Sends go through `fanout-udp`'s batched `sendmmsg` layer, one batch per flow socket. A
+//! Sends go through `fanout-userspace`'s batched `sendmmsg` layer, one batch per flow socket. A
 //! datagram the kernel refuses (or that finds the socket buffer full for longer than
 //! [`SEND_WAIT`]) is counted as a send error and its sequence number is *not* reused, so the
 //! sink sees the gap: a generator that silently retried would hide where loss happened.
@@ -36,7 +36,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fanout_udp::sys::{SendOpts, SendQueue, SendResult};
+use fanout_userspace::sys::{SendOpts, SendQueue, SendResult};
 use serde::Serialize;
 
 use crate::payload;

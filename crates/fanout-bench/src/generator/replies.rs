@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fanout_udp::sys::RecvBatch;
+use fanout_userspace::sys::RecvBatch;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -86,7 +86,7 @@ impl Replies {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         for (i, s) in socks.iter().enumerate() {
-            fanout_udp::sys::socket::set_rx_timestamps(s)?;
+            fanout_userspace::sys::socket::set_rx_timestamps(s)?;
             let fd = s.as_raw_fd();
             poll.registry()
                 .register(&mut SourceFd(&fd), Token(i), Interest::READABLE)?;

@@ -19,7 +19,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
-use fanout_udp::sys::socket::{self, SocketOptions};
+use fanout_userspace::sys::socket::{self, SocketOptions};
 
 use super::GenConfig;
 use crate::limits;

@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn fields_are_read_from_tracing_lines() {
-        let l = "2026-01-01T00:00:00Z  INFO fanout_udp::plane: listening listener=bench \
+        let l = "2026-01-01T00:00:00Z  INFO fanout_userspace::plane: listening listener=bench \
                  addr=127.0.0.1:40000 workers=2";
         assert_eq!(field(l, "listener"), Some("bench"));
         assert_eq!(field(l, "addr"), Some("127.0.0.1:40000"));

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fanout_udp::sys::socket::{self, SocketOptions};
-use fanout_udp::sys::{RecvBatch, SLOT_SIZE, SendOpts, SendQueue, SendResult};
+use fanout_userspace::sys::socket::{self, SocketOptions};
+use fanout_userspace::sys::{RecvBatch, SLOT_SIZE, SendOpts, SendQueue, SendResult};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 

@@ -124,7 +124,7 @@ impl CompareConfig {
                 bisect_steps: 0,
                 fixed: Duration::from_millis(300),
             },
-            kernel_window: fanout_ebpf::netbench::measure::CHECK_WINDOW,
+            kernel_window: fanout_kernel::netbench::measure::CHECK_WINDOW,
             client_ip: Ipv4Addr::new(127, 0, 91, 1),
             client_ports: (32_000, 32_511),
             budget: Duration::from_secs(45),

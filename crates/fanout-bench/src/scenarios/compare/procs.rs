@@ -353,7 +353,7 @@ pub(crate) fn all_cpus_jiffies() -> Option<Vec<u64>> {
 /// UDP sockets bound to local port `port`, from `/proc/net/udp`.
 fn udp_bound(port: u16) -> anyhow::Result<usize> {
     let text = fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
-    Ok(fanout_ebpf::netbench::external::count_bound(&text, port))
+    Ok(fanout_kernel::netbench::external::count_bound(&text, port))
 }
 
 /// Runs `program args…` with a time limit; its stdout and stderr, or why it failed.

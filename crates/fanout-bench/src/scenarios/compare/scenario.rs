@@ -124,7 +124,7 @@ impl ScenarioId {
             // Measured by its own rig (super::kernel): only the title and size are used.
             Self::F => Spec {
                 title: "kernel plane in network namespaces, against plain kernel forwarding",
-                flows: fanout_ebpf::netbench::modes::FLOWS,
+                flows: fanout_kernel::netbench::modes::FLOWS,
                 ..base
             },
         }

@@ -70,8 +70,8 @@ fn loss(s: &Option<Spread>) -> String {
 fn method(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {
     let _ = writeln!(
         out,
-        "**Method.** Run on {}, {date}, on a rig of its own (`fanout_ebpf::netbench`, shared with \
-         `cargo bench -p fanout-ebpf --bench netns_forwarding`): a client, a load balancer and \
+        "**Method.** Run on {}, {date}, on a rig of its own (`fanout_kernel::netbench`, shared with \
+         `cargo bench -p fanout-kernel --bench netns_forwarding`): a client, a load balancer and \
          two backends in network namespaces, joined by veth pairs with one queue per CPU. The \
          load comes from the kernel: `bpf/bench_gen.c`'s XDP program, run with \
          `BPF_PROG_TEST_RUN` in live-frames mode ({} thread pinned to CPU 0, batches of 64), \

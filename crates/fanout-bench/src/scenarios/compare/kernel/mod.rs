@@ -4,7 +4,7 @@
 //! The other scenarios compare proxies on loopback, with a userspace generator and sinks and
 //! a fixed-rate sweep. None of that can judge the kernel plane: it forwards between
 //! interfaces, never on loopback, and a userspace sender on this kind of machine offers a
-//! fraction of what it forwards. So (f) runs on the rig of [`fanout_ebpf::netbench`]: a
+//! fraction of what it forwards. So (f) runs on the rig of [`fanout_kernel::netbench`]: a
 //! client, a load balancer and two backends in network namespaces joined by veths, an
 //! in-kernel generator (XDP live frames) and XDP counting sinks on the backends. Each mode is
 //! measured at the generator's maximum (which is the path's capacity on one CPU: the receive
@@ -48,10 +48,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use fanout_core::ListenerSnapshot;
-use fanout_ebpf::netbench::cpu::tick_ms;
-use fanout_ebpf::netbench::measure::{CHECK_DRAIN, CHECK_RATE, DRAIN};
-use fanout_ebpf::netbench::{self, Mode, Peer, Plane, Rig, RigOptions, Sample, Traffic};
-use fanout_udp::UserspacePlane;
+use fanout_kernel::netbench::cpu::tick_ms;
+use fanout_kernel::netbench::measure::{CHECK_DRAIN, CHECK_RATE, DRAIN};
+use fanout_kernel::netbench::{self, Mode, Peer, Plane, Rig, RigOptions, Sample, Traffic};
+use fanout_userspace::UserspacePlane;
 
 use super::measure::DISTURBED;
 use super::procs;

@@ -1,5 +1,5 @@
 //! nginx, Envoy and the udp-tee in scenario (f)'s load balancer namespace: the rig's
-//! [`StartExternal`](fanout_ebpf::netbench::StartExternal).
+//! [`StartExternal`](fanout_kernel::netbench::StartExternal).
 //!
 //! Why: in (a) the one-thread userspace generator on loopback tops out near what udp-fanout
 //! carries, so its ratios to nginx and Envoy are lower bounds. (f)'s in-kernel generator
@@ -23,8 +23,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use fanout_ebpf::netbench::external::{STARTUP, udp_bound_in};
-use fanout_ebpf::netbench::{External, ExternalSpec, Peer};
+use fanout_kernel::netbench::external::{STARTUP, udp_bound_in};
+use fanout_kernel::netbench::{External, ExternalSpec, Peer};
 
 use super::super::peers::{PeerId, PeerStatus, check, envoy, nginx, socat};
 use super::super::procs::Procs;
@@ -152,6 +152,6 @@ mod tests {
             assert_eq!(peer_id(p).id(), p.id());
             assert!(workers(p) >= 1);
         }
-        assert_ne!(TEE_PORT, fanout_ebpf::netbench::topology::PORT);
+        assert_ne!(TEE_PORT, fanout_kernel::netbench::topology::PORT);
     }
 }

@@ -1,6 +1,6 @@
 //! What scenario (f) found, as data (for the markdown and `--json`): per traffic shape one
 //! row per mode, with medians and ranges over the rounds, aggregated from the rig's raw
-//! windows ([`fanout_ebpf::netbench::Sample`]).
+//! windows ([`fanout_kernel::netbench::Sample`]).
 //!
 //! Every figure is per datagram the client meant to send: for a mirror, a datagram counts
 //! once although both backends get a copy (and plain forwarding's client sends two frames
@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use fanout_ebpf::netbench::report::{find, own_net_of_generator, pct_of_plain, per_million};
-use fanout_ebpf::netbench::{Mode, Peer, Sample, Traffic, check};
+use fanout_kernel::netbench::report::{find, own_net_of_generator, pct_of_plain, per_million};
+use fanout_kernel::netbench::{Mode, Peer, Sample, Traffic, check};
 use serde::Serialize;
 
 use super::super::report::Spread;

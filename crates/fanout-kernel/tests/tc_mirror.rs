@@ -23,7 +23,7 @@ use std::time::Duration;
 use common::packet::{self, Builder};
 use common::*;
 use fanout_core::select::Distribution;
-use fanout_ebpf::bindings::uf_nexthop;
+use fanout_kernel::bindings::uf_nexthop;
 use nix::sys::socket::{
     AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType, recvfrom, socket,
 };

@@ -11,7 +11,7 @@
 //! - `kernel plane xdp` / `kernel plane tc_ebpf`: udp-fanout's [`KernelPlane`], started in this
 //!   process from the load balancer's namespace.
 //! - `userspace plane`: udp-fanout's userspace plane, same listener, default settings (one
-//!   worker per CPU). It lives in the `fanout-udp` crate, which this one does not depend on,
+//!   worker per CPU). It lives in the `fanout-userspace` crate, which this one does not depend on,
 //!   so the caller passes a [`StartUserspace`] function that starts it.
 //! - `udp-tee` / `nginx …` / `Envoy …` ([`Mode::Peer`]): a third-party userspace proxy on the
 //!   same listener, started by the caller in the load balancer's namespace

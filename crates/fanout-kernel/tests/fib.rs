@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::packet::{self, Builder, ETH_P_8021Q};
 use common::*;
 use fanout_core::select::Distribution;
-use fanout_ebpf::bindings::uf_nexthop;
+use fanout_kernel::bindings::uf_nexthop;
 
 const UF0_MAC: [u8; 6] = [0x02, 0, 0, 0x88, 0, 1];
 const NEIGH4_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x04];

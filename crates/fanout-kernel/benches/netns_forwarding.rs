@@ -4,12 +4,12 @@
 //! round-robin over two backends.
 //!
 //! The rig (namespaces, the in-kernel generator and counting sinks of `bpf/bench_gen.c`, CPU
-//! accounting, modes, checks) is `fanout_ebpf::netbench`, shared with `fanout-bench compare`'s
+//! accounting, modes, checks) is `fanout_kernel::netbench`, shared with `fanout-bench compare`'s
 //! scenario (f); its module docs explain the topology and how each number is obtained. This
 //! file only chooses what to run and prints it. Modes are interleaved round by round so that a
 //! noisy moment on a shared VM spreads over all of them instead of falling on one.
 //!
-//! `cargo bench -p fanout-ebpf --bench netns_forwarding` measures (3 rounds, 3 s windows, at
+//! `cargo bench -p fanout-kernel --bench netns_forwarding` measures (3 rounds, 3 s windows, at
 //! the generator's maximum and at a fixed lower rate) and prints a markdown table; under
 //! `cargo test --all-targets` it runs one short window per mode at a low rate (well under 5 s)
 //! and checks that every mode delivered and that the counters add up. Without root it prints
@@ -27,11 +27,11 @@
 use std::time::{Duration, Instant};
 
 use fanout_core::ListenerSnapshot;
-use fanout_ebpf::netbench::generator::{BATCH, PAYLOAD_LEN, SLICE};
-use fanout_ebpf::netbench::measure::{CHECK_DRAIN, CHECK_RATE, CHECK_WINDOW, DRAIN};
-use fanout_ebpf::netbench::modes::FLOWS;
-use fanout_ebpf::netbench::{self, Mode, Plane, Rig, RigOptions, Traffic, report};
-use fanout_udp::UserspacePlane;
+use fanout_kernel::netbench::generator::{BATCH, PAYLOAD_LEN, SLICE};
+use fanout_kernel::netbench::measure::{CHECK_DRAIN, CHECK_RATE, CHECK_WINDOW, DRAIN};
+use fanout_kernel::netbench::modes::FLOWS;
+use fanout_kernel::netbench::{self, Mode, Plane, Rig, RigOptions, Traffic, report};
+use fanout_userspace::UserspacePlane;
 
 /// Whether this process may run the bench; prints `SKIP: ...` or panics when CI requires it.
 fn privileged() -> bool {

@@ -1,7 +1,7 @@
 //! ns/packet of the kernel plane's programs, measured by the kernel (BPF_PROG_TEST_RUN with a
 //! large repeat reports the mean duration per run).
 //!
-//! `cargo bench -p fanout-ebpf --bench prog_test_run` measures with repeat = 1,000,000 (seven
+//! `cargo bench -p fanout-kernel --bench prog_test_run` measures with repeat = 1,000,000 (seven
 //! rounds; median, min and max of the kernel's means shown); under `cargo test --all-targets` it runs each path with repeat =
 //! 1,000 as a check. Without root it prints `SKIP` and succeeds (or fails with
 //! UDP_FANOUT_REQUIRE_PRIVILEGED=1).
@@ -23,8 +23,8 @@ use std::time::Duration;
 use common::packet::{Builder, ETH_P_ARP};
 use common::*;
 use fanout_core::select::Distribution;
-use fanout_ebpf::bindings::uf_nexthop;
-use fanout_ebpf::maps::ListenerCounters;
+use fanout_kernel::bindings::uf_nexthop;
+use fanout_kernel::maps::ListenerCounters;
 
 /// Listeners: 0 = round-robin over RR_BACKENDS, 1.. their self-listeners; CH_ID = consistent
 /// hash over CH_BACKENDS, then theirs.

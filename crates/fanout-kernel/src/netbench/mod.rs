@@ -3,7 +3,7 @@
 //! packets per second and CPU per packet. Not used by udp-fanout itself.
 //!
 //! Two benchmarks share it: this crate's `netns_forwarding` bench (`cargo bench -p
-//! fanout-ebpf --bench netns_forwarding`), and scenario (f) of `fanout-bench`'s peer
+//! fanout-kernel --bench netns_forwarding`), and scenario (f) of `fanout-bench`'s peer
 //! comparison (`udp-fanout-bench compare --scenarios f`). It lives in the library, rather
 //! than in a bench file, so that both run exactly the same rig, and it is compiled always
 //! (not behind a feature) so that `cargo test --all-targets` builds and runs the bench's

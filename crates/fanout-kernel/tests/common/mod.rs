@@ -14,8 +14,8 @@ use std::process::Command;
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint};
-use fanout_ebpf::maps::KernelMaps;
-use fanout_ebpf::programs::{self, Loaded, TC_PROGRAM, XDP_PROGRAM};
+use fanout_kernel::maps::KernelMaps;
+use fanout_kernel::programs::{self, Loaded, TC_PROGRAM, XDP_PROGRAM};
 
 /// Whether this process may run the BPF tests. Without root: prints `SKIP: <reason>` and
 /// returns false, or panics when `UDP_FANOUT_REQUIRE_PRIVILEGED=1` (CI that must not skip).
@@ -47,7 +47,7 @@ pub const DROP_MALFORMED: usize = 4;
 
 /// Global flags (uf_structs.h).
 #[allow(unused_imports)]
-pub use fanout_ebpf::bindings::{UF_G_KEEP_TTL, UF_G_NO_FIB, UF_G_NO_NEXTHOP_CACHE};
+pub use fanout_kernel::bindings::{UF_G_KEEP_TTL, UF_G_NO_FIB, UF_G_NO_NEXTHOP_CACHE};
 
 /// Which program to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

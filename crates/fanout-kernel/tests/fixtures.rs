@@ -22,7 +22,7 @@ use common::packet;
 use common::*;
 use fanout_core::flow::FlowKey;
 use fanout_core::select::{BackendSet, Pick};
-use fanout_ebpf::maps::ListenerCounters;
+use fanout_kernel::maps::ListenerCounters;
 use table::{Count, Out, listeners, stats_base, table};
 
 /// Expected counters, summed from the cases.
