@@ -1,7 +1,8 @@
 //! Builds the kernel plane's BPF programs and the Rust view of their map layouts.
 //!
-//! - Every `bpf/*.c` entry file is compiled with clang for the `bpf` target into
-//!   `$OUT_DIR/<name>.o`, embedded by `src/programs.rs` with `include_bytes!`.
+//! - The product's programs, [`PROGRAMS`] in `bpf/`, are compiled with clang for the `bpf`
+//!   target into `$OUT_DIR/<name>.o`, embedded by `src/lib.rs` with `include_bytes!`. Only
+//!   these: the benchmark's own BPF object is built by `bench/fanout-netbench`.
 //! - `bpf/include/uf_structs.h` (the one definition of every map key and value) goes through
 //!   bindgen into `$OUT_DIR/uf_structs.rs`, so Rust and C share layouts by construction.
 //!
@@ -10,6 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The entry files of the data plane, in `bpf/`: one object with the XDP and TC programs.
+const PROGRAMS: &[&str] = &["uf_lb.c"];
 
 fn main() {
     let root = PathBuf::from(env("CARGO_MANIFEST_DIR")).join("../..");
@@ -20,15 +24,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CLANG");
 
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&bpf_dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", bpf_dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "c"))
-        .collect();
-    entries.sort();
-    for src in &entries {
+    for name in PROGRAMS {
+        let src = bpf_dir.join(name);
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&clang, src, &include, &out);
+        compile(&clang, &src, &include, &out);
     }
     for h in std::fs::read_dir(&include).into_iter().flatten().flatten() {
         println!("cargo:rerun-if-changed={}", h.path().display());

@@ -3,12 +3,8 @@
 //!
 //! - [`bindings`]: the map layouts, generated from `bpf/include/uf_structs.h`.
 //! - [`maps`]: typed map access: listeners, double-banked downstream sets, counters, next hops.
-//! - [`netbench`]: not part of the data plane: the network-namespace benchmark rig (plain
-//!   forwarding vs kernel plane vs userspace plane) shared by the `netns_forwarding` bench
-//!   and `fanout-bench compare`'s scenario (f).
 pub mod bindings;
 pub mod maps;
-pub mod netbench;
 pub mod plane;
 pub mod programs;
 mod watch;

@@ -11,9 +11,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::{Daemon, eventually};
-use fanout_bench::{GenConfig, Sink, SinkHandle, SinkOptions, generator, payload};
 use fanout_core::FlowKey;
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint, Pick};
+use fanout_testkit::{GenConfig, Sink, SinkHandle, SinkOptions, generator, payload};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -48,7 +48,7 @@ fn downstream_list(sinks: &[SinkHandle], weights: &[u32]) -> String {
         .join(", ")
 }
 
-fn send(target: SocketAddr, count: u64, flows: u32, sizes: &[usize]) -> fanout_bench::GenReport {
+fn send(target: SocketAddr, count: u64, flows: u32, sizes: &[usize]) -> fanout_testkit::GenReport {
     let mut g = GenConfig::new(target);
     g.count = Some(count);
     g.flows = flows;

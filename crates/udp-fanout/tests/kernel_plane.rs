@@ -17,11 +17,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::netns::{Topology, privileged_or_skip, sh};
+use common::netns::{Topology, enter, ip, privileged_or_skip, sh};
 use common::{Daemon, eventually};
-use fanout_bench::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 use fanout_core::FlowKey;
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint, Pick};
+use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 
 const WAIT: Duration = Duration::from_secs(10);
 const PORT: u16 = 5514;
@@ -33,7 +33,7 @@ fn sinks(t: &Topology) -> Vec<SinkHandle> {
         .iter()
         .zip(&t.backend_ips)
         .map(|(ns, ip)| {
-            ns.enter(|| {
+            enter(ns, || {
                 let addr: SocketAddr = format!("{ip}:{SINK_PORT}").parse().unwrap();
                 Sink::bind(&[addr], SinkOptions::default())
                     .unwrap()
@@ -46,7 +46,7 @@ fn sinks(t: &Topology) -> Vec<SinkHandle> {
 
 fn send(t: &Topology, count: u64, flows: u32, sizes: &[usize], rate: u64) -> GenReport {
     let target: SocketAddr = format!("{}:{PORT}", t.vip).parse().unwrap();
-    t.client.enter(|| {
+    enter(&t.client, || {
         let mut g = GenConfig::new(target);
         g.count = Some(count);
         g.flows = flows;
@@ -98,7 +98,7 @@ fn metric(d: &Daemon, name: &str) -> u64 {
 fn round_robin(mode: &str) {
     let t = Topology::new(3);
     let s = sinks(&t);
-    let d = Daemon::start_in(Some(&t.lb.name), &config(&t, mode, "round_robin", 3));
+    let d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, "round_robin", 3));
     t.warm_neighbours();
     let r = send(&t, 3_000, 1, &[0, 64, 512, 1_400], 20_000);
     assert!(
@@ -151,7 +151,7 @@ fn tc_round_robin_delivers_every_datagram_byte_exact() {
 fn consistent_hash(mode: &str) {
     let t = Topology::new(3);
     let s = sinks(&t);
-    let _d = Daemon::start_in(Some(&t.lb.name), &config(&t, mode, "consistent_hash", 3));
+    let _d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, "consistent_hash", 3));
     t.warm_neighbours();
     let r = send(&t, 3_200, 32, &[100], 20_000);
     assert!(eventually(WAIT, || total(&s) == 3_200));
@@ -204,7 +204,7 @@ fn tc_mirror_copies_every_datagram_to_every_backend() {
     }
     let t = Topology::new(3);
     let s = sinks(&t);
-    let d = Daemon::start_in(Some(&t.lb.name), &config(&t, "tc_ebpf", "mirror", 3));
+    let d = Daemon::start_in(Some(t.lb.name()), &config(&t, "tc_ebpf", "mirror", 3));
     t.warm_neighbours();
     let r = send(&t, 2_000, 4, &[0, 300, 1_400], 10_000);
     for x in &s {
@@ -231,10 +231,9 @@ fn live_change(mode: &str) {
     let t = Topology::new(3);
     let s = sinks(&t);
     let cfg = fanout_config::from_yaml(&config(&t, mode, "round_robin", 3)).unwrap();
-    let plane =
-        t.lb.enter(|| fanout_kernel::plane::KernelPlane::start(&cfg))
-            .unwrap()
-            .unwrap();
+    let plane = enter(&t.lb, || fanout_kernel::plane::KernelPlane::start(&cfg))
+        .unwrap()
+        .unwrap();
     t.warm_neighbours();
     let ep = |k: usize| Endpoint::new(format!("{}:{SINK_PORT}", t.backend_ips[k]).parse().unwrap());
     let sender = std::thread::scope(|sc| {
@@ -319,7 +318,7 @@ fn link_exists(id: u32) -> bool {
 
 fn detaches(mode: &str, signal: nix::sys::signal::Signal) {
     let t = Topology::new(1);
-    let mut d = Daemon::start_in(Some(&t.lb.name), &config(&t, mode, "round_robin", 1));
+    let mut d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, "round_robin", 1));
     let links = links_of(d.pid());
     let want = if mode == "xdp" { "xdp" } else { "tcx" };
     assert_eq!(
@@ -328,10 +327,7 @@ fn detaches(mode: &str, signal: nix::sys::signal::Signal) {
         "one {want} link while running: {links:?}"
     );
     if mode == "xdp" {
-        assert!(
-            t.lb.ip(&["-d", "link", "show", &t.lb_if])
-                .contains("name uf_xdp")
-        );
+        assert!(ip(&t.lb, &["-d", "link", "show", &t.lb_if]).contains("name uf_xdp"));
     }
     let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
     nix::sys::signal::kill(pid, signal).unwrap();
@@ -347,11 +343,7 @@ fn detaches(mode: &str, signal: nix::sys::signal::Signal) {
         );
     }
     if mode == "xdp" {
-        assert!(
-            !t.lb
-                .ip(&["-d", "link", "show", &t.lb_if])
-                .contains("prog/xdp")
-        );
+        assert!(!ip(&t.lb, &["-d", "link", "show", &t.lb_if]).contains("prog/xdp"));
     }
 }
 
@@ -382,7 +374,7 @@ fn attach_errors_name_the_cause() {
         "listeners: [{{name: k, bind: '{}:{PORT}', mode: xdp, interface: nope0, downstreams: ['{}:{SINK_PORT}']}}]",
         t.vip, t.backend_ips[0]
     );
-    let log = Daemon::try_start_in(Some(&t.lb.name), &yaml)
+    let log = Daemon::try_start_in(Some(t.lb.name()), &yaml)
         .err()
         .expect("must not start");
     assert!(
@@ -395,7 +387,7 @@ fn attach_errors_name_the_cause() {
         .args([
             "netns",
             "exec",
-            &t.lb.name,
+            t.lb.name(),
             "setpriv",
             "--reuid=65534",
             "--regid=65534",
@@ -424,7 +416,7 @@ fn fallback_userspace_serves_when_the_kernel_plane_cannot_attach() {
         "listeners: [{{name: k, bind: '{}:{PORT}', mode: xdp, interface: nope0, fallback: userspace, downstreams: ['{}:{SINK_PORT}']}}]",
         t.vip, t.backend_ips[0]
     );
-    let d = Daemon::start_in(Some(&t.lb.name), &yaml);
+    let d = Daemon::start_in(Some(t.lb.name()), &yaml);
     assert!(
         d.log_lines
             .iter()
@@ -443,7 +435,7 @@ fn privileges_are_dropped_after_attach_in_every_thread() {
         return;
     }
     let t = Topology::new(1);
-    let d = Daemon::start_in(Some(&t.lb.name), &config(&t, "xdp", "round_robin", 1));
+    let d = Daemon::start_in(Some(t.lb.name()), &config(&t, "xdp", "round_robin", 1));
     // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_BPF (39) and nothing else.
     let kept: u64 = (1 << 10) | (1 << 12) | (1 << 39);
     let mut threads = 0;
@@ -480,24 +472,30 @@ fn next_hop_cache_follows_a_neighbour_change_at_once() {
     // datagram would go to the old MAC address and be dropped by the backend.
     let t = Topology::new(1);
     let s = sinks(&t);
-    let _d = Daemon::start_in(Some(&t.lb.name), &config(&t, "xdp", "round_robin", 1));
+    let _d = Daemon::start_in(Some(t.lb.name()), &config(&t, "xdp", "round_robin", 1));
     t.warm_neighbours();
     send(&t, 500, 4, &[100], 10_000);
     assert_eq!(s[0].wait_for(500, WAIT).total_datagrams(), 500);
     // The backend changes its MAC address; the load balancer learns it (as ARP would tell it).
     let bif = &t.backend_ifs[0];
-    t.backends[0].ip(&["link", "set", "dev", bif, "address", "02:00:00:00:ab:cd"]);
-    t.lb.ip(&[
-        "neigh",
-        "replace",
-        &t.backend_ips[0],
-        "lladdr",
-        "02:00:00:00:ab:cd",
-        "dev",
-        &t.lb_backend_ifs[0],
-        "nud",
-        "reachable",
-    ]);
+    ip(
+        &t.backends[0],
+        &["link", "set", "dev", bif, "address", "02:00:00:00:ab:cd"],
+    );
+    ip(
+        &t.lb,
+        &[
+            "neigh",
+            "replace",
+            &t.backend_ips[0],
+            "lladdr",
+            "02:00:00:00:ab:cd",
+            "dev",
+            &t.lb_backend_ifs[0],
+            "nud",
+            "reachable",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(100));
     send(&t, 500, 4, &[100], 10_000);
     assert_eq!(

@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use common::netns::{Topology, privileged_or_skip};
+use common::netns::{Topology, enter, ip, privileged_or_skip};
 use common::{Daemon, eventually};
 
 const PORT: u16 = 5514;
@@ -33,7 +33,7 @@ const MTU: &str = "9000";
 
 /// The MAC address of `dev` as `ip link show` prints it.
 fn mac_of(ns: &common::netns::Netns, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&["link", "show", "dev", dev]);
+    let out = ip(ns, &["link", "show", "dev", dev]);
     let text = out
         .split_whitespace()
         .skip_while(|w| *w != "link/ether")
@@ -142,16 +142,16 @@ fn tc_forwards_a_datagram_whose_headers_are_in_paged_data() {
         (&t.lb, &t.lb_backend_ifs[0]),
         (&t.backends[0], &t.backend_ifs[0]),
     ] {
-        ns.ip(&["link", "set", "dev", dev, "mtu", MTU]);
+        ip(ns, &["link", "set", "dev", dev, "mtu", MTU]);
     }
     let sink_addr: SocketAddr = format!("{}:{SINK_PORT}", t.backend_ips[0]).parse().unwrap();
-    let sink = t.backends[0].enter(|| UdpSocket::bind(sink_addr).unwrap());
+    let sink = enter(&t.backends[0], || UdpSocket::bind(sink_addr).unwrap());
     sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let yaml = format!(
         "listeners: [{{name: k, bind: '{}:{PORT}', mode: tc_ebpf, interface: {}, downstreams: ['{sink_addr}']}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
         t.vip, t.lb_if
     );
-    let d = Daemon::start_in(Some(&t.lb.name), &yaml);
+    let d = Daemon::start_in(Some(t.lb.name()), &yaml);
     t.warm_neighbours();
 
     let client: Ipv4Addr = t.client_ip.parse().unwrap();
@@ -161,7 +161,7 @@ fn tc_forwards_a_datagram_whose_headers_are_in_paged_data() {
     let lb_mac = mac_of(&t.lb, &t.lb_if);
     let client_mac = mac_of(&t.client, &t.client_if);
     let f = frame(lb_mac, client_mac, src, dst, &payload);
-    t.client.enter(|| {
+    enter(&t.client, || {
         let ifindex = nix::net::if_::if_nametoindex(t.client_if.as_str()).unwrap();
         send_raw(ifindex, lb_mac, &f);
     });

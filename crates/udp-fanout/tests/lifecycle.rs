@@ -8,8 +8,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use fanout_bench::{Sink, SinkHandle, SinkOptions};
 use fanout_core::select::{Endpoint, EndpointState};
+use fanout_testkit::{Sink, SinkHandle, SinkOptions};
 use fanout_userspace::UserspacePlane;
 
 fn echo_sink() -> SinkHandle {

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::{Daemon, eventually};
-use fanout_bench::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
+use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -17,18 +17,9 @@ use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint
 use fanout_kernel::maps::KernelMaps;
 use fanout_kernel::programs::{self, Loaded, TC_PROGRAM, XDP_PROGRAM};
 
-/// Whether this process may run the BPF tests. Without root: prints `SKIP: <reason>` and
-/// returns false, or panics when `UDP_FANOUT_REQUIRE_PRIVILEGED=1` (CI that must not skip).
-pub fn privileged(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("UDP_FANOUT_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{what}: needs root (BPF_PROG_TEST_RUN) and UDP_FANOUT_REQUIRE_PRIVILEGED=1");
-    }
-    eprintln!("SKIP: {what}: loading BPF programs needs root");
-    false
-}
+/// Whether this process may run the BPF tests (root); skips with a printed reason, or panics
+/// when `UDP_FANOUT_REQUIRE_PRIVILEGED=1` (CI that must not skip).
+pub use fanout_testkit::netns::privileged;
 
 /// XDP return codes.
 pub const XDP_DROP: u32 = 1;

@@ -1,5 +1,9 @@
 //! Test harness: runs the real `udp-fanout` binary on a generated config and talks to it.
 //!
+//! The harness itself is `fanout_testkit::daemon` (one copy for tests and benchmarks); this
+//! module only points it at the binary Cargo just built and turns its errors into panics with
+//! the daemon's log, which is what a failing test should print.
+//!
 //! Every address is port 0: the daemon logs the ports it got, which [`Daemon::start`] reads from
 //! its stderr before returning, so tests run in parallel without clashing. The process is
 //! killed and the temporary directory removed when the guard drops, even if the test failed.
@@ -7,13 +11,18 @@
 
 pub mod netns;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use fanout_testkit::daemon;
+use fanout_testkit::netns::NsPath;
+
+pub use fanout_testkit::prom::Scrape;
+
+/// How long the daemon may take to report ready.
+const READY: Duration = Duration::from_secs(20);
 
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
@@ -22,29 +31,18 @@ pub fn bin() -> &'static str {
 
 /// A running daemon. Killed on drop.
 pub struct Daemon {
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
+    inner: daemon::Daemon,
     pub config_path: PathBuf,
-    listeners: HashMap<String, SocketAddr>,
-    metrics: Option<SocketAddr>,
-    log: mpsc::Receiver<String>,
+    /// Its log so far; refreshed by [`terminate`](Self::terminate) and
+    /// [`try_exited`](Self::try_exited), read live with [`log`](Self::log).
     pub log_lines: Vec<String>,
-    /// The network namespace the daemon runs in, if not ours.
-    netns: Option<String>,
 }
 
 /// Writes `yaml` to a fresh temporary file.
 pub fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("udp-fanout.yaml");
-    std::fs::write(&path, yaml).expect("write config");
+    let path = daemon::write_config(dir.path(), yaml).expect("write config");
     (dir, path)
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    let rest = &line[start..];
-    Some(rest.split_whitespace().next()?.trim_matches('"'))
 }
 
 impl Daemon {
@@ -55,178 +53,75 @@ impl Daemon {
 
     /// Starts the daemon inside network namespace `netns` (when given).
     pub fn start_in(netns: Option<&str>, yaml: &str) -> Daemon {
-        match Self::try_start_in(netns, yaml) {
-            Ok(d) => d,
-            Err(log) => panic!("udp-fanout did not become ready; log:\n{log}"),
-        }
+        Self::try_start_in(netns, yaml).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Like [`start_in`](Self::start_in); on failure returns the log instead of panicking.
+    /// Like [`start_in`](Self::start_in); on failure returns the error, with the log.
     pub fn try_start_in(netns: Option<&str>, yaml: &str) -> Result<Daemon, String> {
-        let (dir, path) = write_config(yaml);
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, bin()]);
-                c
-            }
-            None => Command::new(bin()),
-        };
-        let mut child = cmd
-            .arg("--config")
-            .arg(&path)
-            .arg("--log-level")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn udp-fanout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut d = Daemon {
-            child: Some(child),
-            _dir: dir,
-            config_path: path,
-            listeners: HashMap::new(),
-            metrics: None,
-            log: rx,
-            log_lines: Vec::new(),
-            netns: netns.map(str::to_string),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match d.log.recv_timeout(left) {
-                Ok(line) => {
-                    if line.contains(" listening ")
-                        && let (Some(name), Some(addr)) =
-                            (field(&line, "listener"), field(&line, "addr"))
-                    {
-                        d.listeners
-                            .insert(name.to_string(), addr.parse().expect("listener addr"));
-                    }
-                    if line.contains("metrics endpoint")
-                        && let Some(addr) = field(&line, "addr")
-                    {
-                        d.metrics = Some(addr.parse().expect("metrics addr"));
-                    }
-                    let ready = line.contains("udp-fanout ready");
-                    d.log_lines.push(line);
-                    if ready {
-                        return Ok(d);
-                    }
-                }
-                Err(_) => return Err(d.log_lines.join("\n")),
-            }
-        }
+        let ns = netns.map(NsPath::named);
+        let inner = daemon::Daemon::start_in(Path::new(bin()), yaml, READY, ns.as_ref())
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(Daemon {
+            config_path: inner.config_path().to_owned(),
+            log_lines: inner.log_lines(),
+            inner,
+        })
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> Vec<String> {
+        self.inner.log_lines()
     }
 
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        *self
-            .listeners
-            .get(name)
-            .unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listeners))
+        self.inner.listener(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The metrics endpoint's address.
-    pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics.expect("metrics endpoint not enabled")
-    }
-
-    /// `GET path` on the metrics endpoint; returns (status line, headers+body).
+    /// `GET path` on the metrics endpoint; returns (status line, body).
     pub fn http_get(&self, path: &str) -> (String, String) {
-        match &self.netns {
-            Some(ns) => netns::enter(ns, || http_get(self.metrics_addr(), path)),
-            None => http_get(self.metrics_addr(), path),
-        }
+        self.inner
+            .http_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
     }
 
     /// The metrics text.
     pub fn scrape(&self) -> String {
-        let (status, body) = self.http_get("/metrics");
-        assert!(status.contains("200"), "scrape failed: {status}");
-        body
+        self.inner.scrape().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// Value of the sample `name{labels}` (labels in exported order, e.g.
+    /// Value of the sample `name{labels}` (exactly these labels, e.g.
     /// `listener="a",reason="send_error"`), or `None` if absent.
     pub fn metric(&self, name: &str, labels: &str) -> Option<u64> {
-        metric_value(&self.scrape(), name, labels)
+        Scrape::parse(&self.scrape()).exact(name, labels)
     }
 
     /// The exit status, once the process has exited (reaped here).
     pub fn try_exited(&mut self) -> Option<ExitStatus> {
-        let st = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
+        let st = self.inner.try_exited()?;
+        self.log_lines = self.inner.log_lines();
         Some(st)
     }
 
     /// PID of the process.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.inner.pid().expect("running")
     }
 
     /// Sends SIGTERM and waits up to `limit` for the exit; returns the status and time taken.
     pub fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().expect("wait") {
-                while let Ok(l) = self.log.try_recv() {
-                    self.log_lines.push(l);
-                }
-                return (st, t0.elapsed());
-            }
-            if t0.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("udp-fanout did not exit within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let r = self
+            .inner
+            .terminate(limit)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        self.log_lines = self.inner.log_lines();
+        r
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A minimal HTTP/1.0 GET.
-pub fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let (status, rest) = out.split_once("\r\n").unwrap_or((&out, ""));
-    (status.to_string(), rest.to_string())
-}
-
-/// Finds `name{labels} value` in metrics text.
+/// Finds `name{labels} value` in metrics text (exactly these labels).
 pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<u64> {
-    let prefix = if labels.is_empty() {
-        format!("{name} ")
-    } else {
-        format!("{name}{{{labels}}} ")
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    Scrape::parse(text).exact(name, labels)
 }
 
 /// Runs the binary with `args` to completion; returns (exit code, stdout, stderr).
@@ -242,14 +137,5 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Polls `f` until it returns true or `limit` passes.
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
+#[allow(unused_imports)]
+pub use fanout_testkit::eventually;

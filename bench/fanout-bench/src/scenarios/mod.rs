@@ -1,0 +1,17 @@
+//! Scenarios: benchmarks of the real `udp-fanout` binary that take more than a generator and
+//! a sink, because they need the daemon started on a particular config and observed from
+//! outside (its memory, descriptors and metrics) while the traffic runs.
+//!
+//! A scenario is a library function taking the daemon's path, so that the CLI runs it at full
+//! scale by hand and a test runs it in miniature against the binary the workspace just built.
+//! It reports what it measured and asserts nothing: whether a number is good is for the
+//! person reading it.
+//!
+//! - [`session_scale`]: session capacity, memory per session, reply throughput.
+//! - [`compare`]: udp-fanout against socat, nginx, Envoy, nftables and no proxy at all.
+
+pub mod compare;
+pub mod session_clients;
+mod session_markdown;
+pub mod session_report;
+pub mod session_scale;
