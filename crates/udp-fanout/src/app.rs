@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use fanout_config::{Config, Fallback, ListenerConfig, Mode};
-use fanout_control::{Exporter, http};
-use fanout_core::merge_snapshots;
+use fanout_control::{Control, Desired, Exporter, Plane, http};
 use fanout_kernel::plane::KernelPlane;
 use fanout_userspace::UserspacePlane;
 use tokio::sync::oneshot;
@@ -60,15 +59,18 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         k.watch_routes();
     }
     let kernel = kernel.map(Arc::new);
+    let mut planes: Vec<Arc<dyn Plane>> = Vec::new();
+    // The kernel plane first: if it refuses a new set, the userspace plane is not touched.
+    if let Some(k) = &kernel {
+        planes.push(Arc::clone(k) as Arc<dyn Plane>);
+    }
+    planes.push(Arc::clone(&plane) as Arc<dyn Plane>);
+    let control = Arc::new(Control::new(Desired::from_config(&cfg), planes));
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
-        let (user, kern) = (Arc::clone(&plane), kernel.clone());
-        let exporter = Arc::new(Exporter::new(Arc::new(move || {
-            let k = kern.as_ref().map(|k| k.snapshot()).unwrap_or_default();
-            merge_snapshots(user.snapshot().into_iter().chain(k))
-        })));
+        let exporter = Arc::new(Exporter::new(control.snapshot_source()));
         tokio::spawn(http::serve(l, http::router(exporter), async {
             let _ = http_stopped.await;
         }))
@@ -89,6 +91,7 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         let _ = t.await;
     }
     // Detach the kernel programs first: from then on the kernel delivers to the sockets.
+    drop(control);
     drop(kernel);
     match Arc::try_unwrap(plane) {
         Ok(p) => p.stop(),

@@ -231,9 +231,18 @@ fn live_change(mode: &str) {
     let t = Topology::new(3);
     let s = sinks(&t);
     let cfg = fanout_config::from_yaml(&config(&t, mode, "round_robin", 3)).unwrap();
-    let plane = enter(&t.lb, || fanout_kernel::plane::KernelPlane::start(&cfg))
-        .unwrap()
-        .unwrap();
+    // Both planes, as the daemon runs them (the userspace plane is the kernel plane's slow
+    // path), changed together through the control plane.
+    let (user, kernel) = enter(&t.lb, || {
+        let user = fanout_userspace::UserspacePlane::start(&cfg).unwrap();
+        let kernel = fanout_kernel::plane::KernelPlane::start(&cfg)
+            .unwrap()
+            .unwrap();
+        (user, kernel)
+    });
+    let planes: Vec<std::sync::Arc<dyn fanout_control::Plane>> =
+        vec![std::sync::Arc::new(kernel), std::sync::Arc::new(user)];
+    let plane = fanout_control::Control::new(fanout_control::Desired::from_config(&cfg), planes);
     t.warm_neighbours();
     let ep = |k: usize| Endpoint::new(format!("{}:{SINK_PORT}", t.backend_ips[k]).parse().unwrap());
     let sender = std::thread::scope(|sc| {
@@ -264,10 +273,16 @@ fn live_change(mode: &str) {
         s[0].total_datagrams() > during,
         "backend 0 gets traffic again once re-added"
     );
+    // Both planes' counters, merged: every datagram received once, forwarded once.
     let snap = &plane.snapshot()[0];
     assert_eq!(
         (snap.received, snap.forwarded, snap.dropped_total()),
         (r.sent, r.sent, 0)
+    );
+    let desired = plane.desired();
+    assert_eq!(
+        desired.listener("k").unwrap().endpoints,
+        vec![ep(0), ep(1), ep(2)]
     );
     for x in &s {
         assert_eq!(x.snapshot().total_corrupt(), 0);

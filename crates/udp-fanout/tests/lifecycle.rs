@@ -1,13 +1,15 @@
-//! Session lifecycle when the downstream set changes at run time, driven through the library
-//! (the same call a reload or the admin API makes): sessions on a removed downstream are
-//! re-pinned on their next datagram, draining downstreams keep their sessions and get no new
-//! ones.
+//! Session lifecycle when the downstream set changes at run time, driven through the control
+//! plane's `Control::set_endpoints` (the call a reload or the admin API will make): sessions
+//! on a removed downstream are re-pinned on their next datagram, draining downstreams keep
+//! their sessions and get no new ones.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_control::{Control, Desired, Plane, Source};
 use fanout_core::select::{Endpoint, EndpointState};
 use fanout_testkit::{Sink, SinkHandle, SinkOptions};
 use fanout_userspace::UserspacePlane;
@@ -51,20 +53,38 @@ fn client() -> UdpSocket {
     c
 }
 
-fn start(a: &SinkHandle, b: &SinkHandle) -> UserspacePlane {
+fn start(a: &SinkHandle, b: &SinkHandle) -> (Arc<UserspacePlane>, Control) {
     let cfg = fanout_config::from_yaml(&format!(
         "listeners: [{{name: l, bind: '127.0.0.1:0', downstreams: ['{}', '{}'], session: {{reply: true}}}}]\ndataplane: {{workers: 1}}",
         a.local_addrs()[0],
         b.local_addrs()[0]
     ))
     .unwrap();
-    UserspacePlane::start(&cfg).unwrap()
+    let plane = Arc::new(UserspacePlane::start(&cfg).unwrap());
+    let control = Control::new(
+        Desired::from_config(&cfg),
+        vec![Arc::clone(&plane) as Arc<dyn Plane>],
+    );
+    (plane, control)
+}
+
+/// Replaces listener `l`'s downstreams through the control plane, which records them.
+fn set(control: &Control, endpoints: Vec<Endpoint>) {
+    control.set_endpoints("l", endpoints.clone()).unwrap();
+    let d = control.desired();
+    let l = d.listener("l").unwrap();
+    assert_eq!((l.source, &l.endpoints), (Source::Runtime, &endpoints));
+}
+
+fn stop(plane: Arc<UserspacePlane>, control: Control) {
+    drop(control);
+    Arc::into_inner(plane).unwrap().stop();
 }
 
 #[test]
 fn sessions_on_a_removed_downstream_are_repinned() {
     let (a, b) = (echo_sink(), echo_sink());
-    let plane = start(&a, &b);
+    let (plane, control) = start(&a, &b);
     let l = plane.listener("l").unwrap();
     let to = l.local_addr();
     let c = client();
@@ -77,7 +97,7 @@ fn sessions_on_a_removed_downstream_are_repinned() {
     };
     assert_eq!(first.total_datagrams(), 1);
     // Remove the session's downstream.
-    l.set_endpoints(vec![Endpoint::new(other.local_addrs()[0])]);
+    set(&control, vec![Endpoint::new(other.local_addrs()[0])]);
     ask(&c, to, b"two");
     settle(&a, &b, 2);
     assert_eq!(
@@ -94,13 +114,13 @@ fn sessions_on_a_removed_downstream_are_repinned() {
     ask(&c, to, b"three");
     settle(&a, &b, 3);
     assert_eq!(other.total_datagrams(), 2);
-    plane.stop();
+    stop(plane, control);
 }
 
 #[test]
 fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     let (a, b) = (echo_sink(), echo_sink());
-    let plane = start(&a, &b);
+    let (plane, control) = start(&a, &b);
     let l = plane.listener("l").unwrap();
     let to = l.local_addr();
     let c1 = client();
@@ -113,7 +133,7 @@ fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     };
     let mut e1 = Endpoint::new(first.local_addrs()[0]);
     e1.state = EndpointState::Draining;
-    l.set_endpoints(vec![e1, Endpoint::new(other.local_addrs()[0])]);
+    set(&control, vec![e1, Endpoint::new(other.local_addrs()[0])]);
     for _ in 0..5 {
         ask(&c1, to, b"x");
     }
@@ -129,28 +149,28 @@ fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     settle(&a, &b, 11);
     assert_eq!(other.total_datagrams(), 5, "new sessions go elsewhere");
     assert_eq!(l.snapshot().sessions.repinned, 0);
-    plane.stop();
+    stop(plane, control);
 }
 
 #[test]
 fn emptied_set_drops_with_no_downstream_then_recovers() {
     let (a, b) = (echo_sink(), echo_sink());
-    let plane = start(&a, &b);
+    let (plane, control) = start(&a, &b);
     let l = plane.listener("l").unwrap();
     let to = l.local_addr();
     let c = client();
     ask(&c, to, b"x");
-    l.set_endpoints(vec![]);
+    set(&control, vec![]);
     c.send_to(b"lost", to).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while l.snapshot().dropped[fanout_core::DropReason::NoDownstream.index()] == 0 {
         assert!(std::time::Instant::now() < deadline, "drop not counted");
         std::thread::sleep(Duration::from_millis(10));
     }
-    l.set_endpoints(vec![Endpoint::new(b.local_addrs()[0])]);
+    set(&control, vec![Endpoint::new(b.local_addrs()[0])]);
     ask(&c, to, b"back");
     let s = l.snapshot();
     assert_eq!(s.received, 3);
     assert_eq!(s.forwarded + s.dropped_total(), 3);
-    plane.stop();
+    stop(plane, control);
 }
