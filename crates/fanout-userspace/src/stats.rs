@@ -76,28 +76,14 @@ impl ListenerCounters {
         bump(&self.replies_dropped[reason.index()], 1);
     }
 
-    /// Session lifecycle events.
+    /// Adds session lifecycle events in bulk: a worker's session machine counts them itself,
+    /// and this adds what happened since the worker last published.
     #[inline]
-    pub fn session_created(&self) {
-        bump(&self.sessions_created, 1);
-    }
-
-    /// A session reached its idle timeout.
-    #[inline]
-    pub fn session_expired(&self) {
-        bump(&self.sessions_expired, 1);
-    }
-
-    /// A session was evicted from a full table.
-    #[inline]
-    pub fn session_evicted(&self) {
-        bump(&self.sessions_evicted, 1);
-    }
-
-    /// A session moved to another downstream.
-    #[inline]
-    pub fn session_repinned(&self) {
-        bump(&self.sessions_repinned, 1);
+    pub fn sessions_changed(&self, d: fanout_core::SessionCounts) {
+        bump(&self.sessions_created, d.created);
+        bump(&self.sessions_expired, d.expired);
+        bump(&self.sessions_evicted, d.evicted);
+        bump(&self.sessions_repinned, d.repinned);
     }
 
     /// Publishes this worker's number of live sessions.

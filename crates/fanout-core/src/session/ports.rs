@@ -60,6 +60,17 @@ impl PortSlots {
         self.opened
     }
 
+    /// Slots of `key` in use: the sessions of that key (one socket each).
+    pub fn in_use(&self, key: &SocketAddr) -> u32 {
+        self.keys.get(key).map_or(0, |k| k.in_use)
+    }
+
+    /// Slots in use over all keys (tests check it against the live sessions).
+    #[cfg(test)]
+    pub(super) fn total_in_use(&self) -> u64 {
+        self.keys.values().map(|k| u64::from(k.in_use)).sum()
+    }
+
     /// A socket whose slot for `key` is free, or `None` when the pool is at its limit.
     pub fn acquire(&mut self, key: SocketAddr) -> Option<Acquired> {
         let opened = self.opened;

@@ -78,7 +78,7 @@ pub(crate) struct WorkerSetup {
 pub(crate) struct Port {
     shared: Arc<ListenerShared>,
     sock: Arc<UdpSocket>,
-    /// Round-robin position of this worker.
+    /// Round-robin position of this worker (its session machine keeps its own).
     cursor: usize,
     /// Queued for reading.
     queued: bool,
@@ -147,10 +147,10 @@ pub(crate) fn run(setup: WorkerSetup) {
     let ports: Vec<Port> = listeners
         .into_iter()
         .map(|(shared, sock)| {
+            // Stagger the workers' round-robin positions so they do not all start on downstream 0.
             let sessions = shared
                 .session()
-                .map(|cfg| Sessions::new(&shared, cfg, workers));
-            // Stagger the workers' round-robin positions so they do not all start on downstream 0.
+                .map(|cfg| Sessions::new(&shared, cfg, workers, id));
             Port {
                 shared,
                 sock,
@@ -319,17 +319,7 @@ impl Worker {
                             egress,
                             &mut bufs.plan,
                         ),
-                        Some(s) => s.forward(
-                            *id,
-                            li,
-                            &port.shared,
-                            &port.sock,
-                            &mut port.cursor,
-                            bufs,
-                            egress,
-                            &self.poll,
-                            now,
-                        ),
+                        Some(s) => s.forward(*id, li, &port.shared, bufs, egress, &self.poll, now),
                     }
                     if n < bufs.recv.capacity() {
                         // Edge-triggered epoll reports the next arrival; no need to spend a

@@ -9,6 +9,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsFd;
 
 use fanout_core::DropReason;
+use fanout_core::session::Reply;
 
 use super::Buffers;
 use super::forward::send_drop_reason;
@@ -44,16 +45,12 @@ pub(crate) fn relay(
             continue;
         }
         let k = bufs.reply_src.get(i).copied().unwrap_or(u32::MAX);
-        let sid = match sessions.route_reply(k, canonical(d.src), &active.set) {
-            Ok(sid) => sid,
-            Err(reason) => {
+        let (client, local_ip) = match sessions.on_reply(k, canonical(d.src), &active.set, now) {
+            Reply::Relay { client, local_ip } => (client, local_ip),
+            Reply::Drop(reason) => {
                 counters.reply_dropped(reason);
                 continue;
             }
-        };
-        let Some((client, local_ip)) = sessions.reply_target(sid, now) else {
-            counters.reply_dropped(DropReason::NoSession);
-            continue;
         };
         let opts = SendOpts {
             src_ip: local_ip,

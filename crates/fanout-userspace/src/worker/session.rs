@@ -1,5 +1,7 @@
-//! A worker's sessions for one listener: the table, the upstream sockets they send from, and
-//! the map that routes a downstream's reply back to its session.
+//! A worker's sessions for one listener: the I/O around fanout-core's [`SessionMachine`]. The
+//! machine decides (which downstream, which upstream port, which client a reply is for, when a
+//! session ends); this owns the upstream sockets it names, their mio registration, and the
+//! sends.
 //!
 //! Sessions are per worker: the kernel's SO_REUSEPORT hash sends a client to the same worker
 //! every time, and the upstream sockets a worker opens are polled by that worker only, so
@@ -9,12 +11,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 
 use fanout_config::SessionConfig;
-use fanout_core::select::{BackendSet, Distribution, Pick};
-use fanout_core::session::{
-    Binding, EXCLUSIVE, PortSlots, Resolved, SessionId, SessionTable, bind_new, resolve,
-};
-use fanout_core::{DropReason, FlowKey};
-use hashbrown::HashMap;
+use fanout_core::select::BackendSet;
+use fanout_core::session::{Action, MachineConfig, Reply, SessionMachine, UpstreamPort};
+use fanout_core::{DropReason, SessionCounts};
 use mio::unix::SourceFd;
 use mio::{Interest, Poll};
 
@@ -28,24 +27,6 @@ use crate::sys::socket;
 /// Receive buffer of each upstream socket: replies to one port are few at a time.
 const UPSTREAM_RECV_BUFFER: usize = 256 << 10;
 
-/// One client's session.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Session {
-    /// The downstream it is pinned to (for mirror: the primary). `None` when each datagram
-    /// picks anew (`sticky: false`).
-    binding: Option<Binding>,
-    /// Upstream socket index and slot key, when replies are relayed.
-    upstream: Option<(u32, SocketAddr)>,
-    /// The address the client sent to, to answer from it on wildcard listeners.
-    local_ip: Option<IpAddr>,
-}
-
-/// Where a datagram goes.
-enum Target {
-    One(u32),
-    All,
-}
-
 struct Upstream {
     sock: UdpSocket,
     queued: bool,
@@ -53,37 +34,44 @@ struct Upstream {
 
 /// One worker's sessions of one listener.
 pub(crate) struct Sessions {
-    reply: bool,
-    mirror: bool,
-    /// Per-datagram choice with replies: each session needs a port of its own.
-    exclusive: bool,
     pktinfo: bool,
-    table: SessionTable<Session>,
-    slots: PortSlots,
+    machine: SessionMachine,
+    /// Socket `k` of the machine's pool is `upstream[k]`.
     upstream: Vec<Upstream>,
-    /// (upstream socket, downstream or EXCLUSIVE) → session.
-    demux: HashMap<(u32, SocketAddr), SessionId>,
     /// Upstream sockets are dual-stack IPv6 (IPv4 downstreams as mapped addresses); decided
     /// when the first one is opened.
     dual_stack: Option<bool>,
     open_errors: LogLimiter,
+    /// The machine's counts as last added to the listener's counters: the machine counts
+    /// from zero, the counters of a listener outlive it.
+    published: SessionCounts,
 }
 
 impl Sessions {
-    pub(crate) fn new(shared: &ListenerShared, cfg: SessionConfig, workers: usize) -> Self {
-        let mirror = shared.backends().set.distribution() == Distribution::Mirror;
+    /// `cursor` is where this worker's round-robin starts.
+    pub(crate) fn new(
+        shared: &ListenerShared,
+        cfg: SessionConfig,
+        workers: usize,
+        cursor: usize,
+    ) -> Self {
         let per_worker = cfg.max_sessions.div_ceil(workers.max(1));
-        Sessions {
+        let machine = SessionMachine::new(MachineConfig {
+            distribution: shared.backends().set.distribution(),
+            sticky: cfg.sticky,
             reply: cfg.reply,
-            mirror,
-            exclusive: cfg.reply && !cfg.sticky && !mirror,
+            max_sessions: per_worker,
+            idle_ms: cfg.idle_timeout.as_millis() as u64,
+            max_upstream_ports: u32::try_from(per_worker).unwrap_or(u32::MAX),
+            cursor,
+        });
+        Sessions {
             pktinfo: cfg.reply && shared.local_addr().ip().is_unspecified(),
-            table: SessionTable::new(per_worker, cfg.idle_timeout.as_millis() as u64),
-            slots: PortSlots::new(u32::try_from(per_worker).unwrap_or(u32::MAX)),
+            machine,
             upstream: Vec::new(),
-            demux: HashMap::new(),
             dual_stack: None,
             open_errors: LogLimiter::default(),
+            published: SessionCounts::default(),
         }
     }
 
@@ -99,8 +87,6 @@ impl Sessions {
         id: usize,
         li: usize,
         shared: &ListenerShared,
-        _listener: &UdpSocket,
-        cursor: &mut usize,
         bufs: &mut Buffers,
         egress: &mut Egress,
         poll: &Poll,
@@ -124,40 +110,52 @@ impl Sessions {
         upstream_sends.clear();
         plan.clear();
         each_datagram(recv, counters, |piece, d| {
-            let key = FlowKey::new(d.src);
-            let sid = match self.table.lookup(&d.src, now) {
-                Some(sid) => sid,
-                None => {
-                    let local_ip = if self.pktinfo { d.info.local_ip } else { None };
-                    match self.create(
-                        d.src, local_ip, set, generation, cursor, li, poll, counters, now,
-                    ) {
-                        Ok(sid) => sid,
-                        Err(reason) => return counters.dropped(reason),
-                    }
-                }
+            let local_ip = if self.pktinfo { d.info.local_ip } else { None };
+            let (one, via) = match self
+                .machine
+                .on_datagram(d.src, local_ip, set, generation, now)
+            {
+                Action::Send { to, via } => (Some(to), via),
+                Action::Mirror { via } => (None, via),
+                Action::Drop(reason) => return counters.dropped(reason),
             };
-            let target = match self.target(sid, set, generation, &key, cursor, li, poll, counters) {
-                Ok(t) => t,
-                Err(reason) => return counters.dropped(reason),
+            let up = match via {
+                Some(p) if p.new => match self.open_new(li, p, poll) {
+                    Ok(()) => Some(p.index),
+                    Err(reason) => return counters.dropped(reason),
+                },
+                Some(p) => Some(p.index),
+                None => None,
             };
-            let up = self
-                .table
-                .get(sid)
-                .and_then(|(_, s)| s.upstream)
-                .map(|(k, _)| k);
-            match (up, target) {
-                (Some(k), Target::One(e)) => upstream_sends.push((k, e, piece)),
-                (Some(k), Target::All) => {
+            match (up, one) {
+                (Some(k), Some(e)) => upstream_sends.push((k, e, piece)),
+                (Some(k), None) => {
                     upstream_sends.extend(set.active().iter().map(|&e| (k, e, piece)))
                 }
-                (None, Target::One(e)) => plan.push((e, piece)),
-                (None, Target::All) => plan.extend(set.active().iter().map(|&e| (e, piece))),
+                (None, Some(e)) => plan.push((e, piece)),
+                (None, None) => plan.extend(set.active().iter().map(|&e| (e, piece))),
             }
         });
         send_plan(&ctx, recv, plan, egress);
         self.flush_upstream(&ctx, bufs);
-        counters.set_sessions_active(self.table.len());
+        self.publish(counters);
+    }
+
+    /// Copies the machine's session counts into the listener's counters.
+    fn publish(&mut self, counters: &ListenerCounters) {
+        let c = self.machine.counts();
+        let now = c.sessions();
+        let was = self.published;
+        // Never negative (an open failure only takes back a creation of the same batch), and
+        // wrapping like the counters themselves, so the sums stay exact either way.
+        counters.sessions_changed(SessionCounts {
+            created: now.created.wrapping_sub(was.created),
+            expired: now.expired.wrapping_sub(was.expired),
+            evicted: now.evicted.wrapping_sub(was.evicted),
+            repinned: now.repinned.wrapping_sub(was.repinned),
+        });
+        self.published = now;
+        counters.set_sessions_active(c.active as usize);
     }
 
     /// Sends the batch's datagrams bound for upstream sockets: one `sendmmsg` per socket.
@@ -202,162 +200,21 @@ impl Sessions {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        &mut self,
-        client: SocketAddr,
-        local_ip: Option<IpAddr>,
-        set: &BackendSet,
-        generation: u64,
-        cursor: &mut usize,
-        li: usize,
-        poll: &Poll,
-        counters: &ListenerCounters,
-        now: u64,
-    ) -> Result<SessionId, DropReason> {
-        let key = FlowKey::new(client);
-        let binding = if self.exclusive {
-            if set.active().is_empty() {
-                return Err(DropReason::NoDownstream);
-            }
-            None
-        } else {
-            Some(bind_new(set, generation, &key, cursor).ok_or(DropReason::NoDownstream)?)
+    /// Opens the new upstream socket the machine chose; when that fails, the machine takes its
+    /// decision back and says what the datagram is dropped for.
+    fn open_new(&mut self, li: usize, p: UpstreamPort, poll: &Poll) -> Result<(), DropReason> {
+        let Err(e) = self.open(li, p.index, poll) else {
+            return Ok(());
         };
-        if self.table.is_full() {
-            // Make room first: the evicted session's port slot may be the one this session
-            // needs when the pool is at its limit.
-            if let Some((_, _, old)) = self.table.pop_lru() {
-                release(&mut self.slots, &mut self.demux, &old);
-                counters.session_evicted();
-            }
+        if self.open_errors.should_log() {
+            tracing::warn!(
+                error = %e,
+                sockets = self.upstream.len(),
+                "cannot open an upstream socket for a new session (raise RLIMIT_NOFILE or \
+                 net.ipv4.ip_local_port_range); dropping with reason no_upstream_port"
+            );
         }
-        let upstream = if self.reply {
-            let slot_key = match binding {
-                Some(b) if !self.exclusive => b.downstream,
-                _ => EXCLUSIVE,
-            };
-            Some((self.acquire(slot_key, li, poll)?, slot_key))
-        } else {
-            None
-        };
-        let (sid, evicted) = self.table.insert(
-            client,
-            Session {
-                binding,
-                upstream,
-                local_ip,
-            },
-            now,
-        );
-        debug_assert!(evicted.is_none(), "room was made above");
-        if let Some(u) = upstream {
-            self.demux.insert(u, sid);
-        }
-        counters.session_created();
-        Ok(sid)
-    }
-
-    /// Where the session's datagram goes, re-pinning it when its downstream left the set.
-    #[allow(clippy::too_many_arguments)]
-    fn target(
-        &mut self,
-        sid: SessionId,
-        set: &BackendSet,
-        generation: u64,
-        key: &FlowKey,
-        cursor: &mut usize,
-        li: usize,
-        poll: &Poll,
-        counters: &ListenerCounters,
-    ) -> Result<Target, DropReason> {
-        let Some((_, sess)) = self.table.get(sid) else {
-            return Err(DropReason::NoSession);
-        };
-        let sess = *sess;
-        let Some(mut b) = sess.binding else {
-            // Per-datagram choice.
-            return match set.pick(key, cursor) {
-                Pick::One(e) => Ok(Target::One(e)),
-                Pick::All => Ok(Target::All),
-                Pick::None => Err(DropReason::NoDownstream),
-            };
-        };
-        let r = resolve(set, generation, &mut b, key, cursor);
-        if let Some(s) = self.table.get_mut(sid) {
-            s.binding = Some(b);
-        }
-        let one = match r {
-            Resolved::Same(i) => i,
-            Resolved::Repinned { from, to } => {
-                counters.session_repinned();
-                if let Some((k, slot_key)) = sess.upstream
-                    && slot_key == from
-                {
-                    self.rekey(sid, k, from, b.downstream, li, poll)?;
-                }
-                to
-            }
-            Resolved::Gone => return Err(DropReason::NoDownstream),
-        };
-        if self.mirror {
-            Ok(Target::All)
-        } else {
-            Ok(Target::One(one))
-        }
-    }
-
-    /// Moves a session's upstream slot from downstream `from` to `to`.
-    fn rekey(
-        &mut self,
-        sid: SessionId,
-        k: u32,
-        from: SocketAddr,
-        to: SocketAddr,
-        li: usize,
-        poll: &Poll,
-    ) -> Result<(), DropReason> {
-        self.slots.release(from, k);
-        self.demux.remove(&(k, from));
-        match self.acquire(to, li, poll) {
-            Ok(k2) => {
-                self.demux.insert((k2, to), sid);
-                if let Some(s) = self.table.get_mut(sid) {
-                    s.upstream = Some((k2, to));
-                }
-                Ok(())
-            }
-            Err(reason) => {
-                // No port for the new downstream: end the session; the client's next datagram
-                // starts a new one.
-                // (Its old slot is already released above.)
-                self.table.remove(sid);
-                Err(reason)
-            }
-        }
-    }
-
-    /// A socket whose slot for `slot_key` is free, opening one if needed.
-    fn acquire(&mut self, slot_key: SocketAddr, li: usize, poll: &Poll) -> Result<u32, DropReason> {
-        let a = self
-            .slots
-            .acquire(slot_key)
-            .ok_or(DropReason::NoUpstreamPort)?;
-        if a.new
-            && let Err(e) = self.open(li, a.socket, poll)
-        {
-            self.slots.abandon_new(slot_key, a.socket);
-            if self.open_errors.should_log() {
-                tracing::warn!(
-                    error = %e,
-                    sockets = self.upstream.len(),
-                    "cannot open an upstream socket for a new session (raise RLIMIT_NOFILE or \
-                     net.ipv4.ip_local_port_range); dropping with reason no_upstream_port"
-                );
-            }
-            return Err(DropReason::NoUpstreamPort);
-        }
-        Ok(a.socket)
+        Err(self.machine.open_failed(p))
     }
 
     fn open(&mut self, li: usize, k: u32, poll: &Poll) -> std::io::Result<()> {
@@ -414,71 +271,22 @@ impl Sessions {
         }
     }
 
-    /// The session a reply on socket `k` from `src` belongs to, or why there is none.
-    pub(crate) fn route_reply(
-        &self,
+    /// Decides a reply that arrived on upstream socket `k` from `src` (plain form).
+    pub(crate) fn on_reply(
+        &mut self,
         k: u32,
         src: SocketAddr,
         set: &BackendSet,
-    ) -> Result<SessionId, DropReason> {
-        let is_downstream = set.position(&src).is_some();
-        if self.exclusive {
-            let sid = self.demux.get(&(k, EXCLUSIVE)).copied();
-            return match (sid, is_downstream) {
-                (Some(sid), true) => Ok(sid),
-                (_, false) => Err(DropReason::UnknownSource),
-                (None, true) => Err(DropReason::NoSession),
-            };
-        }
-        if let Some(&sid) = self.demux.get(&(k, src)) {
-            return Ok(sid);
-        }
-        if !is_downstream {
-            Err(DropReason::UnknownSource)
-        } else if self.mirror
-            && set
-                .active()
-                .first()
-                .map(|&i| set.endpoints()[i as usize].addr)
-                != Some(src)
-        {
-            Err(DropReason::ShadowReply)
-        } else {
-            Err(DropReason::NoSession)
-        }
-    }
-
-    /// Refreshes a session on reply traffic and returns where to answer.
-    pub(crate) fn reply_target(
-        &mut self,
-        sid: SessionId,
         now: u64,
-    ) -> Option<(SocketAddr, Option<IpAddr>)> {
-        self.table.touch(sid, now);
-        self.table.get(sid).map(|(client, s)| (*client, s.local_ip))
+    ) -> Reply {
+        self.machine.on_reply(k, src, set, now)
     }
 
-    /// Ends sessions idle past the timeout (at most `budget`).
+    /// Ends sessions idle past the timeout (at most `budget`). Upstream sockets are pooled,
+    /// not per session, so nothing is closed here.
     pub(crate) fn expire(&mut self, counters: &ListenerCounters, now: u64, budget: usize) {
-        let Sessions {
-            table,
-            slots,
-            demux,
-            ..
-        } = self;
-        table.expire(now, budget, |_, _, s| {
-            release(slots, demux, &s);
-            counters.session_expired();
-        });
-        counters.set_sessions_active(table.len());
-    }
-}
-
-/// Frees what an ended session held.
-fn release(slots: &mut PortSlots, demux: &mut HashMap<(u32, SocketAddr), SessionId>, s: &Session) {
-    if let Some((k, slot_key)) = s.upstream {
-        slots.release(slot_key, k);
-        demux.remove(&(k, slot_key));
+        self.machine.expire(now, budget, |_| {});
+        self.publish(counters);
     }
 }
 

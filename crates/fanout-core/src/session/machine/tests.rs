@@ -1,0 +1,446 @@
+//! One test per kind of decision the machine makes, with a fake clock.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::select::{DEFAULT_TABLE_SIZE, Endpoint, EndpointState};
+
+fn ds(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn client(port: u16) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 7], port))
+}
+
+const STRANGER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    Ipv4Addr::new(203, 0, 113, 5),
+    53,
+));
+
+fn set_of(d: Distribution, eps: Vec<Endpoint>) -> BackendSet {
+    BackendSet::new(d, eps, DEFAULT_TABLE_SIZE)
+}
+
+fn set(d: Distribution, ports: &[u16]) -> BackendSet {
+    set_of(d, ports.iter().map(|&p| Endpoint::new(ds(p))).collect())
+}
+
+fn machine(d: Distribution, sticky: bool, reply: bool) -> SessionMachine {
+    SessionMachine::new(MachineConfig {
+        distribution: d,
+        sticky,
+        reply,
+        max_sessions: 100,
+        idle_ms: 10_000,
+        max_upstream_ports: 100,
+        cursor: 0,
+    })
+}
+
+fn new(index: u32) -> Option<UpstreamPort> {
+    Some(UpstreamPort { index, new: true })
+}
+
+fn old(index: u32) -> Option<UpstreamPort> {
+    Some(UpstreamPort { index, new: false })
+}
+
+fn send(to: u32, via: Option<UpstreamPort>) -> Action {
+    Action::Send { to, via }
+}
+
+fn relay(c: SocketAddr) -> Reply {
+    Reply::Relay {
+        client: c,
+        local_ip: None,
+    }
+}
+
+fn balanced(c: &Counts) -> bool {
+    c.created == c.active + c.expired + c.evicted + c.removed
+}
+
+const RR: Distribution = Distribution::RoundRobin;
+
+#[test]
+fn a_new_session_is_pinned_and_shares_ports_across_downstreams() {
+    let mut m = machine(RR, true, true);
+    let s = set(RR, &[1, 2, 3]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, new(0)));
+    // Another downstream: the same port tells the two sessions apart.
+    assert_eq!(m.on_datagram(client(2), None, &s, 1, 0), send(1, old(0)));
+    // Round-robin has moved on; the session has not.
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 1), send(0, old(0)));
+    assert_eq!(m.on_datagram(client(3), None, &s, 1, 1), send(2, old(0)));
+    // A second session on downstream 0 needs a second port.
+    assert_eq!(m.on_datagram(client(4), None, &s, 1, 1), send(0, new(1)));
+    let c = m.counts();
+    assert_eq!((c.created, c.active), (4, 4));
+    assert_eq!(m.ports_opened(), 2);
+    assert_eq!(
+        m.session(&client(1)),
+        Some(SessionInfo {
+            downstream: Some(ds(1)),
+            port: Some(0),
+            local_ip: None
+        })
+    );
+}
+
+#[test]
+fn sessions_without_replies_pin_but_need_no_port() {
+    let mut m = machine(RR, true, false);
+    let s = set(RR, &[1, 2]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, None));
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, None));
+    assert_eq!(m.on_datagram(client(2), None, &s, 1, 0), send(1, None));
+    assert_eq!(m.ports_opened(), 0);
+}
+
+#[test]
+fn sticky_sessions_keep_their_downstream_across_set_changes() {
+    let mut m = machine(RR, true, false);
+    let s1 = set(RR, &[1, 2, 3]);
+    m.on_datagram(client(1), None, &s1, 1, 0);
+    assert_eq!(m.on_datagram(client(2), None, &s1, 1, 0), send(1, None));
+    // A downstream is added in front: the index moves, the downstream does not.
+    let s2 = set(RR, &[9, 1, 2, 3]);
+    for t in 1..5 {
+        assert_eq!(m.on_datagram(client(2), None, &s2, 2, t), send(2, None));
+    }
+    assert_eq!(m.counts().repinned, 0);
+}
+
+#[test]
+fn a_removed_downstream_repins_its_sessions_and_moves_their_port_slot() {
+    let mut m = machine(RR, true, true);
+    let s1 = set(RR, &[1, 2]);
+    assert_eq!(m.on_datagram(client(1), None, &s1, 1, 0), send(0, new(0)));
+    assert_eq!(m.on_datagram(client(2), None, &s1, 1, 0), send(1, old(0)));
+    // ds(1) leaves; client 1 moves to ds(2), which already has client 2 on port 0.
+    let s2 = set(RR, &[2, 3]);
+    assert_eq!(m.on_datagram(client(1), None, &s2, 2, 1), send(0, new(1)));
+    assert_eq!(m.counts().repinned, 1);
+    assert_eq!(
+        m.session(&client(1)).and_then(|i| i.downstream),
+        Some(ds(2))
+    );
+    assert_eq!(m.on_reply(1, ds(2), &s2, 2), relay(client(1)));
+    assert_eq!(m.on_reply(0, ds(2), &s2, 2), relay(client(2)));
+    assert_eq!(
+        m.on_reply(0, ds(1), &s2, 2),
+        Reply::Drop(DropReason::UnknownSource),
+        "the old downstream's slot was freed and it is no downstream now"
+    );
+    assert!(balanced(&m.counts()));
+}
+
+#[test]
+fn draining_downstreams_keep_their_sessions_but_get_no_new_ones() {
+    let mut m = machine(RR, true, true);
+    let mut eps = vec![Endpoint::new(ds(1)), Endpoint::new(ds(2))];
+    let s1 = set_of(RR, eps.clone());
+    assert_eq!(m.on_datagram(client(1), None, &s1, 1, 0), send(0, new(0)));
+    eps[0].state = EndpointState::Draining;
+    let s2 = set_of(RR, eps);
+    assert_eq!(m.on_datagram(client(1), None, &s2, 2, 1), send(0, old(0)));
+    for p in 2..8 {
+        assert!(matches!(
+            m.on_datagram(client(p), None, &s2, 2, 1),
+            Action::Send { to: 1, .. }
+        ));
+    }
+    assert_eq!(m.counts().repinned, 0);
+    assert_eq!(m.on_reply(0, ds(1), &s2, 2), relay(client(1)));
+}
+
+#[test]
+fn no_downstream_drops_without_creating_or_ending_sessions() {
+    let mut m = machine(RR, true, true);
+    let s1 = set(RR, &[1]);
+    m.on_datagram(client(1), None, &s1, 1, 0);
+    let empty = BackendSet::empty(RR);
+    let none = Action::Drop(DropReason::NoDownstream);
+    assert_eq!(m.on_datagram(client(1), None, &empty, 2, 1), none);
+    assert_eq!(m.on_datagram(client(2), None, &empty, 2, 1), none);
+    assert_eq!(m.counts().created, 1);
+    // The session survived and finds its downstream again when it comes back.
+    assert_eq!(m.on_datagram(client(1), None, &s1, 3, 2), send(0, old(0)));
+    assert_eq!(m.counts().repinned, 0);
+}
+
+#[test]
+fn replies_without_sticky_get_a_port_of_their_own() {
+    let mut m = machine(RR, false, true);
+    let s = set(RR, &[1, 2]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, new(0)));
+    assert_eq!(
+        m.on_datagram(client(1), None, &s, 1, 0),
+        send(1, old(0)),
+        "each datagram picks anew, from the session's port"
+    );
+    assert_eq!(m.on_datagram(client(2), None, &s, 1, 0), send(0, new(1)));
+    assert_eq!(m.on_datagram(client(3), None, &s, 1, 0), send(1, new(2)));
+    assert_eq!(m.session(&client(1)).and_then(|i| i.downstream), None);
+    assert_eq!(m.on_reply(0, ds(2), &s, 1), relay(client(1)));
+    assert_eq!(m.on_reply(1, ds(1), &s, 1), relay(client(2)));
+    assert_eq!(
+        m.on_reply(0, STRANGER, &s, 1),
+        Reply::Drop(DropReason::UnknownSource)
+    );
+    assert_eq!(
+        m.on_reply(7, ds(1), &s, 1),
+        Reply::Drop(DropReason::NoSession)
+    );
+}
+
+#[test]
+fn replies_are_accepted_only_from_the_sessions_downstream_on_its_port() {
+    let mut m = machine(RR, true, true);
+    let s = set(RR, &[1, 2]);
+    let ip = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(m.on_datagram(client(1), ip, &s, 1, 0), send(0, new(0)));
+    assert_eq!(
+        m.on_reply(0, ds(1), &s, 1),
+        Reply::Relay {
+            client: client(1),
+            local_ip: ip
+        }
+    );
+    let drop = |r| Reply::Drop(r);
+    assert_eq!(m.on_reply(0, ds(2), &s, 1), drop(DropReason::NoSession));
+    assert_eq!(m.on_reply(1, ds(1), &s, 1), drop(DropReason::NoSession));
+    assert_eq!(
+        m.on_reply(0, STRANGER, &s, 1),
+        drop(DropReason::UnknownSource)
+    );
+}
+
+#[test]
+fn a_failed_open_undoes_the_new_session() {
+    let mut m = machine(RR, true, true);
+    let s = set(RR, &[1, 2]);
+    let a = m.on_datagram(client(1), None, &s, 1, 0);
+    assert_eq!(a, send(0, new(0)));
+    assert_eq!(
+        m.open_failed(UpstreamPort {
+            index: 0,
+            new: true
+        }),
+        DropReason::NoUpstreamPort
+    );
+    assert_eq!(m.counts(), Counts::default(), "as if it never existed");
+    assert_eq!((m.ports_opened(), m.session(&client(1))), (0, None));
+    assert_eq!(
+        m.on_reply(0, ds(1), &s, 1),
+        Reply::Drop(DropReason::NoSession)
+    );
+    // Binding moved the round-robin, as it did before the open was tried.
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 1), send(1, new(0)));
+    // A report that matches no pending open changes nothing.
+    m.open_failed(UpstreamPort {
+        index: 3,
+        new: true,
+    });
+    assert_eq!(m.counts().active, 1);
+}
+
+#[test]
+fn a_failed_open_without_sticky_leaves_the_round_robin_where_it_was() {
+    let mut m = machine(RR, false, true);
+    let s = set(RR, &[1, 2]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, new(0)));
+    m.open_failed(UpstreamPort {
+        index: 0,
+        new: true,
+    });
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, new(0)));
+}
+
+#[test]
+fn a_failed_open_after_a_repin_ends_the_session() {
+    let mut m = machine(RR, true, true);
+    let s1 = set(RR, &[1, 2]);
+    m.on_datagram(client(1), None, &s1, 1, 0);
+    m.on_datagram(client(2), None, &s1, 1, 0);
+    let s2 = set(RR, &[2]);
+    assert_eq!(m.on_datagram(client(1), None, &s2, 2, 1), send(0, new(1)));
+    m.open_failed(UpstreamPort {
+        index: 1,
+        new: true,
+    });
+    let c = m.counts();
+    assert_eq!((c.created, c.active, c.repinned, c.removed), (2, 1, 1, 1));
+    assert!(balanced(&c));
+    assert_eq!((m.session(&client(1)), m.ports_opened()), (None, 1));
+    assert_eq!(m.on_reply(0, ds(2), &s2, 2), relay(client(2)));
+}
+
+#[test]
+fn a_full_port_pool_drops_new_sessions() {
+    let mut m = SessionMachine::new(MachineConfig {
+        max_upstream_ports: 1,
+        ..machine_cfg(false)
+    });
+    let s = set(RR, &[1, 2]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, new(0)));
+    let full = Action::Drop(DropReason::NoUpstreamPort);
+    assert_eq!(m.on_datagram(client(2), None, &s, 1, 0), full);
+    assert_eq!(m.counts().created, 1);
+    // The pick was not spent on the dropped datagram.
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(1, old(0)));
+}
+
+fn machine_cfg(sticky: bool) -> MachineConfig {
+    MachineConfig {
+        distribution: RR,
+        sticky,
+        reply: true,
+        max_sessions: 100,
+        idle_ms: 10_000,
+        max_upstream_ports: 100,
+        cursor: 0,
+    }
+}
+
+#[test]
+fn a_full_table_evicts_the_least_recently_used_and_reuses_its_port() {
+    let mut m = SessionMachine::new(MachineConfig {
+        max_sessions: 2,
+        ..machine_cfg(true)
+    });
+    let s = set(RR, &[1]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(0, new(0)));
+    assert_eq!(m.on_datagram(client(2), None, &s, 1, 0), send(0, new(1)));
+    m.on_datagram(client(1), None, &s, 1, 2_000);
+    assert_eq!(
+        m.on_datagram(client(3), None, &s, 1, 3_000),
+        send(0, old(1))
+    );
+    let c = m.counts();
+    assert_eq!((c.created, c.evicted, c.active), (3, 1, 2));
+    assert_eq!(m.session(&client(2)), None, "client 2 was the least recent");
+    assert_eq!(m.on_reply(1, ds(1), &s, 3_000), relay(client(3)));
+    assert_eq!(m.on_reply(0, ds(1), &s, 3_000), relay(client(1)));
+}
+
+#[test]
+fn idle_sessions_expire_with_a_fake_clock() {
+    let mut m = SessionMachine::new(MachineConfig {
+        idle_ms: 1_000,
+        ..machine_cfg(true)
+    });
+    let s = set(RR, &[1]);
+    m.on_datagram(client(1), None, &s, 1, 0);
+    m.on_datagram(client(2), None, &s, 1, 500);
+    assert_eq!(m.next_expiry(500), Some(500));
+    let mut ended = Vec::new();
+    assert_eq!(m.expire(999, 10, |e| ended.push(e)), 0);
+    assert_eq!(m.expire(1_000, 10, |e| ended.push(e)), 1);
+    assert_eq!(
+        ended,
+        [Ended {
+            client: client(1),
+            downstream: Some(ds(1)),
+            port: Some(0),
+            reason: EndReason::Expired
+        }]
+    );
+    // A reply is traffic too: it keeps client 2 alive past its datagram's deadline.
+    assert_eq!(m.on_reply(1, ds(1), &s, 1_400), relay(client(2)));
+    assert_eq!(m.expire(1_500, 10, |e| ended.push(e)), 0);
+    assert_eq!(m.expire(2_400, 10, |e| ended.push(e)), 1);
+    let c = m.counts();
+    assert_eq!((c.created, c.expired, c.active), (2, 2, 0));
+    assert_eq!(m.next_expiry(2_400), None);
+    assert_eq!(
+        m.on_reply(1, ds(1), &s, 2_400),
+        Reply::Drop(DropReason::NoSession)
+    );
+    // Both slots are free again: the pool does not grow.
+    assert_eq!(
+        m.on_datagram(client(3), None, &s, 1, 2_500),
+        send(0, old(0))
+    );
+}
+
+#[test]
+fn expiry_is_bounded_by_its_budget() {
+    let mut m = SessionMachine::new(MachineConfig {
+        idle_ms: 10,
+        ..machine_cfg(true)
+    });
+    let s = set(RR, &[1, 2]);
+    for p in 0..20 {
+        m.on_datagram(client(p), None, &s, 1, 0);
+    }
+    assert_eq!(m.expire(100, 8, |_| {}), 8);
+    assert_eq!(m.len(), 12);
+    assert_eq!(m.expire(100, 100, |_| {}), 12);
+    assert!(m.is_empty());
+}
+
+#[test]
+fn mirror_sends_to_all_and_relays_only_the_primary() {
+    let mir = Distribution::Mirror;
+    let mut m = machine(mir, true, true);
+    let s1 = set(mir, &[1, 2, 3]);
+    assert_eq!(
+        m.on_datagram(client(1), None, &s1, 1, 0),
+        Action::Mirror { via: new(0) }
+    );
+    assert_eq!(m.on_reply(0, ds(1), &s1, 0), relay(client(1)));
+    let drop = |r| Reply::Drop(r);
+    assert_eq!(m.on_reply(0, ds(2), &s1, 0), drop(DropReason::ShadowReply));
+    assert_eq!(
+        m.on_reply(0, STRANGER, &s1, 0),
+        drop(DropReason::UnknownSource)
+    );
+    // The primary leaves: the next one takes over, on the same port.
+    let s2 = set(mir, &[2, 3]);
+    assert_eq!(
+        m.on_datagram(client(1), None, &s2, 2, 1),
+        Action::Mirror { via: old(0) }
+    );
+    assert_eq!(m.counts().repinned, 1);
+    assert_eq!(m.on_reply(0, ds(2), &s2, 1), relay(client(1)));
+    assert_eq!(m.on_reply(0, ds(3), &s2, 1), drop(DropReason::ShadowReply));
+    let mut plain = machine(mir, true, false);
+    assert_eq!(
+        plain.on_datagram(client(1), None, &s1, 1, 0),
+        Action::Mirror { via: None }
+    );
+}
+
+#[test]
+fn the_cursor_starts_where_it_is_told() {
+    let mut m = SessionMachine::new(MachineConfig {
+        cursor: 1,
+        ..machine_cfg(false)
+    });
+    let s = set(RR, &[1, 2, 3]);
+    assert_eq!(m.on_datagram(client(1), None, &s, 1, 0), send(1, new(0)));
+}
+
+#[test]
+fn counts_map_to_the_metrics_counters() {
+    let c = Counts {
+        created: 5,
+        expired: 1,
+        evicted: 2,
+        repinned: 3,
+        removed: 1,
+        active: 1,
+    };
+    assert_eq!(
+        c.sessions(),
+        SessionCounts {
+            created: 5,
+            expired: 1,
+            evicted: 2,
+            repinned: 3
+        }
+    );
+    assert!(balanced(&c));
+}
