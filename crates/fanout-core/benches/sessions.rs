@@ -1,10 +1,13 @@
-//! Cost of the session-table operations on the per-datagram path, at 100,000 sessions.
+//! Cost of the session operations on the per-datagram path, at 100,000 sessions: the table
+//! and port-slot pieces, and the whole decision the userspace worker asks the session machine
+//! for (a known client's datagram, a downstream's reply).
 #![allow(clippy::unwrap_used)] // benchmark set-up: a panic is a broken benchmark
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use fanout_core::session::{PortSlots, SessionTable};
+use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint};
+use fanout_core::session::{MachineConfig, PortSlots, Reply, SessionMachine, SessionTable};
 
 const N: u32 = 100_000;
 
@@ -81,5 +84,57 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A machine with `N` sessions over 8 downstreams (reply path on, sticky), and its set.
+fn full_machine() -> (SessionMachine, BackendSet) {
+    let eps = (0..8)
+        .map(|d| Endpoint::new(SocketAddr::from(([10, 0, 0, d], 53))))
+        .collect();
+    let set = BackendSet::new(Distribution::RoundRobin, eps, DEFAULT_TABLE_SIZE);
+    let mut m = SessionMachine::new(MachineConfig {
+        distribution: Distribution::RoundRobin,
+        sticky: true,
+        reply: true,
+        max_sessions: N as usize,
+        idle_ms: 60_000,
+        max_upstream_ports: 1 << 20,
+        cursor: 0,
+    });
+    for i in 0..N {
+        black_box(m.on_datagram(client(i), None, &set, 1, 0));
+    }
+    (m, set)
+}
+
+fn bench_machine(c: &mut Criterion) {
+    let (mut m, set) = full_machine();
+    let mut i = 0u32;
+    let mut ticks = 0u64;
+    c.bench_function("machine/datagram_known_client_100k", |b| {
+        b.iter(|| {
+            i = (i + 7_919) % N;
+            ticks += 1;
+            black_box(m.on_datagram(black_box(client(i)), None, &set, 1, ticks / 1_000))
+        })
+    });
+    // Replies come back on the port the session sends from, from its downstream.
+    let routes: Vec<(u32, SocketAddr)> = (0..N)
+        .step_by(97)
+        .filter_map(|i| {
+            let s = m.session(&client(i))?;
+            Some((s.port?, s.downstream?))
+        })
+        .collect();
+    let mut j = 0usize;
+    c.bench_function("machine/reply_100k", |b| {
+        b.iter(|| {
+            j = (j + 1) % routes.len();
+            let (port, from) = routes[j];
+            let r = m.on_reply(port, from, &set, ticks / 1_000);
+            debug_assert!(matches!(r, Reply::Relay { .. }));
+            black_box(r)
+        })
+    });
+}
+
+criterion_group!(benches, bench, bench_machine);
 criterion_main!(benches);

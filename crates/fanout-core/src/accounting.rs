@@ -10,7 +10,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum DropReason {
-    /// The listener has no downstream to send to (empty or all down).
+    /// The listener has no downstream to send to (the set is empty, or no downstream in it
+    /// takes new flows).
     NoDownstream = 0,
     /// The kernel refused the send (unreachable network, permission, bad address, ...).
     SendError = 1,

@@ -9,7 +9,10 @@
 //! - [`flow`]: the flow key of a datagram (the client's address) and its stable hash.
 //! - [`select`]: the downstream set of a listener and how one datagram picks its target(s):
 //!   smooth weighted round-robin, Maglev consistent hashing, or mirroring.
-//! - [`accounting`]: the closed list of reasons a datagram can be dropped for.
+//! - [`session`]: what a listener remembers about each client (LRU table, upstream ports,
+//!   pinning rules) and the pure state machine the userspace workers drive.
+//! - [`accounting`]: the closed list of reasons a datagram can be dropped for, and the
+//!   plane-independent counter snapshots.
 #![forbid(unsafe_code)]
 
 pub mod accounting;

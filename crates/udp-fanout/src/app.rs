@@ -23,9 +23,9 @@ impl std::fmt::Display for StartError {
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<(), StartError> {
+    // Current-thread: the control plane runs on the main thread, apart from the workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("uf-control")
         .build()
         .map_err(|e| StartError(format!("cannot start the control runtime: {e}")))?;
     rt.block_on(serve(cfg))

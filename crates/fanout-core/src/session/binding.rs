@@ -5,8 +5,9 @@
 //! one integer comparison per datagram. When the set has changed:
 //!
 //! - the downstream is still in the set (taking new flows, or draining): the session stays;
-//! - it is gone (removed by a reload or an API call, or marked down by a health check): the
-//!   session is re-pinned to a downstream chosen as for a new flow, and the caller counts it.
+//! - it is gone (removed through `fanout_control::Control::set_endpoints`; reload, the admin
+//!   API and health checks, all planned, will remove downstreams the same way): the session is
+//!   re-pinned to a downstream chosen as for a new flow, and the caller counts it.
 //!
 //! This is the rule users of Cilium, IPVS and Envoy ask for: UDP flows must not stay pinned to a
 //! backend that no longer exists.

@@ -6,9 +6,10 @@
 //! demultiplexer ((upstream socket, downstream) → session). It owns no socket and reads no
 //! clock: the caller passes `now` in milliseconds and performs the [`Action`]s and [`Reply`]s
 //! it gets back. Keeping the decisions pure is what lets several drivers share one set of
-//! rules: the userspace worker drives it with real sockets, the kernel-plane parity tests replay
-//! a packet trace through it and compare with the eBPF programs, and fuzzers and property tests
-//! drive it with random traffic, set changes and clocks.
+//! rules: the userspace worker drives it with real sockets, property tests drive it with
+//! random traffic, set changes and clocks, and the kernel-plane sessions (planned) will be
+//! checked against it by replaying one packet trace through both, as the stateless parity
+//! tests already do for selection.
 //!
 //! The per-datagram path allocates nothing (actions are small `Copy` enums returned by value;
 //! the table and maps only grow, up to their bounds) and takes no lock: a machine belongs to one
