@@ -1,4 +1,9 @@
 //! Byte sizes written as integers or with a unit (`8MiB`, `512KiB`, `1G`).
+//!
+//! Buffer sizes are easier to read and to get right with a unit, so the YAML takes both forms.
+//! Every unit is binary (`K`, `KB` and `KiB` all mean 1024): these are memory sizes, and one
+//! meaning per letter leaves nothing to guess. The parser is a serde visitor, so a bad size is
+//! reported with its key path like any other type error.
 
 use std::fmt;
 

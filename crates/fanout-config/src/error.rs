@@ -1,4 +1,9 @@
 //! Configuration errors that name the key they are about.
+//!
+//! Every error carries the key path it is about (`listeners[1].downstreams[0]`) and a reason a
+//! user can act on, and validation collects all of them ([`ConfigErrors`]) rather than stopping
+//! at the first, so one run of `--check` lists everything to fix. The path is kept apart from
+//! the reason so that tests and tools can match on it.
 
 use std::fmt;
 

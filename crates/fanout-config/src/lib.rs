@@ -1,10 +1,12 @@
 //! udp-fanout's configuration: the YAML model, parsing, and validation.
 //!
-//! Loading is two steps. [`raw`] mirrors the YAML with serde (unknown keys rejected, and serde_yaml_ng
-//! puts the key path of a type error in its message); [`validate`] then checks meaning (addresses,
-//! uniqueness, ranges, what this build supports) and produces the typed [`Config`] the rest of
-//! the program uses. Both steps report errors as `key.path[i]: reason`, and everything is
-//! checked before any socket is bound, so a bad file never half-starts the daemon.
+//! Loading is two steps. `raw` mirrors the YAML with serde (unknown keys rejected, and
+//! serde_yaml_ng puts the key path of a type error in its message); `validate` then checks
+//! meaning (addresses, uniqueness, ranges, what this build supports) and produces the typed
+//! [`Config`] the rest of the program uses. Both steps report errors as
+//! `key.path[i]: reason`, and everything is checked before any socket is bound, so a bad file
+//! never half-starts the daemon.
+#![forbid(unsafe_code)]
 
 mod bytes;
 mod error;

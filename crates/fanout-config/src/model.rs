@@ -1,4 +1,9 @@
 //! The validated configuration: typed, checked, ready to use.
+//!
+//! These types are what the rest of the program sees, so they hold only values that passed
+//! validation: addresses are parsed, defaults are filled in, durations are `Duration`s. A
+//! value of them therefore never needs re-checking; the limits that validation enforces (such
+//! as [`MAX_WEIGHT`] and [`kernel_limits`]) are defined here, beside the fields they bound.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,10 @@
 //! From the raw model to a checked [`Config`]: every rule, every error with its key path.
+//!
+//! Validation does not stop at the first problem: every check adds to one error list and goes
+//! on with what it could read, so a user fixes a file in one pass. A listener's checks run in
+//! key order (name, bind, downstreams, session, then the rules of its plane), which keeps the
+//! errors in file order; the rules that compare listeners with each other (unique names and
+//! binds, the kernel plane's listener count) share what earlier listeners claimed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,8 +18,8 @@ use crate::model::{
     MetricsConfig, Mode, SessionConfig, kernel_limits,
 };
 use crate::raw::{
-    RawConfig, RawDataplane, RawDistribution, RawFallback, RawListener, RawMetrics, RawMode,
-    RawSession, RawWorkers, Scalar,
+    RawConfig, RawDataplane, RawDistribution, RawDownstream, RawFallback, RawListener, RawMetrics,
+    RawMode, RawSession, RawWorkers, Scalar,
 };
 
 /// Collects errors while walking the raw model.
@@ -62,103 +68,161 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// What earlier listeners claimed, for the rules that compare listeners with each other.
+#[derive(Default)]
+struct Seen {
+    /// Name → index of the first listener with it.
+    names: HashMap<String, usize>,
+    /// Bind address (explicit port) → index of the first listener with it.
+    binds: HashMap<SocketAddr, usize>,
+    /// Kernel-plane listeners so far.
+    kernel_listeners: usize,
+}
+
 fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
-    let kernel_listeners = &mut 0usize;
-    let mut out = Vec::with_capacity(raw.len());
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut binds: HashMap<SocketAddr, usize> = HashMap::new();
-    for (i, l) in raw.into_iter().enumerate() {
-        let p = format!("listeners[{i}]");
-        let name = match l.name {
-            None => {
-                errs.add(format!("{p}.name"), "required");
-                None
-            }
-            Some(n) if !valid_name(&n) => {
+    let mut seen = Seen::default();
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, l)| listener(i, l, &mut seen, errs))
+        .collect()
+}
+
+/// Checks `listeners[i]`; `None` when its name or bind is unusable (the errors say why).
+/// The checks run in key order, so errors come out in the order of the file.
+fn listener(
+    i: usize,
+    l: RawListener,
+    seen: &mut Seen,
+    errs: &mut Errors,
+) -> Option<ListenerConfig> {
+    let p = format!("listeners[{i}]");
+    let name = listener_name(l.name, &p, i, &mut seen.names, errs);
+    let bind = listener_bind(l.bind.as_ref(), &p, i, &mut seen.binds, errs);
+    let mode = mode(l.mode);
+    let distribution = distribution(l.distribution);
+    let downstreams = downstreams(l.downstreams, &p, bind, errs);
+    let session = l.session.and_then(|s| session(s, &p, errs));
+    let fallback = fallback(l.fallback);
+    if mode == Mode::Userspace {
+        userspace_rules(&p, l.fallback.is_some(), errs);
+    } else {
+        seen.kernel_listeners += 1;
+        kernel_rules(
+            &KernelListener {
+                p: &p,
+                mode,
+                bind,
+                interface: l.interface.as_deref(),
+                distribution,
+                downstreams: &downstreams,
+                session: session.is_some(),
+                count: seen.kernel_listeners,
+            },
+            errs,
+        );
+    }
+    Some(ListenerConfig {
+        name: name?,
+        bind: bind?,
+        mode,
+        interface: l.interface,
+        distribution,
+        downstreams,
+        session,
+        fallback,
+    })
+}
+
+/// `listeners[i].name`: present, well-formed, unique.
+fn listener_name(
+    raw: Option<String>,
+    p: &str,
+    i: usize,
+    names: &mut HashMap<String, usize>,
+    errs: &mut Errors,
+) -> Option<String> {
+    match raw {
+        None => {
+            errs.add(format!("{p}.name"), "required");
+            None
+        }
+        Some(n) if !valid_name(&n) => {
+            errs.add(
+                format!("{p}.name"),
+                format!("invalid name \"{n}\": use 1-64 letters, digits, '_', '-' or '.'"),
+            );
+            None
+        }
+        Some(n) => {
+            if let Some(first) = names.insert(n.clone(), i) {
                 errs.add(
                     format!("{p}.name"),
-                    format!("invalid name \"{n}\": use 1-64 letters, digits, '_', '-' or '.'"),
-                );
-                None
-            }
-            Some(n) => {
-                if let Some(first) = names.insert(n.clone(), i) {
-                    errs.add(
-                        format!("{p}.name"),
-                        format!("duplicate name \"{n}\" (also listeners[{first}])"),
-                    );
-                }
-                Some(n)
-            }
-        };
-        let bind = match &l.bind {
-            None => {
-                errs.add(format!("{p}.bind"), "required");
-                None
-            }
-            Some(s) => socket_addr(s, &format!("{p}.bind"), errs),
-        };
-        if let Some(b) = bind.filter(|b| b.port() != 0)
-            && let Some(first) = binds.insert(b, i)
-        {
-            errs.add(
-                format!("{p}.bind"),
-                format!("duplicate bind {b} (also listeners[{first}])"),
-            );
-        }
-        let mode = match l.mode.unwrap_or(RawMode::Userspace) {
-            RawMode::Userspace => Mode::Userspace,
-            RawMode::Xdp => Mode::Xdp,
-            RawMode::TcEbpf => Mode::TcEbpf,
-        };
-        let distribution = match l.distribution.unwrap_or(RawDistribution::RoundRobin) {
-            RawDistribution::RoundRobin => Distribution::RoundRobin,
-            RawDistribution::ConsistentHash => Distribution::ConsistentHash,
-            RawDistribution::Mirror => Distribution::Mirror,
-        };
-        let downstreams = downstreams(l.downstreams, &p, bind, errs);
-        let session = l.session.and_then(|s| session(s, &p, errs));
-        let fallback = match l.fallback {
-            None | Some(RawFallback::None) => Fallback::None,
-            Some(RawFallback::Userspace) => Fallback::Userspace,
-        };
-        if mode == Mode::Userspace {
-            if l.fallback.is_some() {
-                errs.add(
-                    format!("{p}.fallback"),
-                    "only kernel-plane listeners (mode: xdp or tc_ebpf) fall back",
+                    format!("duplicate name \"{n}\" (also listeners[{first}])"),
                 );
             }
-        } else {
-            *kernel_listeners += 1;
-            kernel_rules(
-                &KernelListener {
-                    p: &p,
-                    mode,
-                    bind,
-                    interface: l.interface.as_deref(),
-                    distribution,
-                    downstreams: &downstreams,
-                    session: session.is_some(),
-                    count: *kernel_listeners,
-                },
-                errs,
-            );
-        }
-        if let (Some(name), Some(bind)) = (name, bind) {
-            out.push(ListenerConfig {
-                name,
-                bind,
-                mode,
-                interface: l.interface,
-                distribution,
-                downstreams,
-                session,
-                fallback,
-            });
+            Some(n)
         }
     }
-    out
+}
+
+/// `listeners[i].bind`: present, a socket address, and (unless port 0) not another
+/// listener's.
+fn listener_bind(
+    raw: Option<&Scalar>,
+    p: &str,
+    i: usize,
+    binds: &mut HashMap<SocketAddr, usize>,
+    errs: &mut Errors,
+) -> Option<SocketAddr> {
+    let bind = match raw {
+        None => {
+            errs.add(format!("{p}.bind"), "required");
+            None
+        }
+        Some(s) => socket_addr(s, &format!("{p}.bind"), errs),
+    };
+    if let Some(b) = bind.filter(|b| b.port() != 0)
+        && let Some(first) = binds.insert(b, i)
+    {
+        errs.add(
+            format!("{p}.bind"),
+            format!("duplicate bind {b} (also listeners[{first}])"),
+        );
+    }
+    bind
+}
+
+fn mode(raw: Option<RawMode>) -> Mode {
+    match raw.unwrap_or(RawMode::Userspace) {
+        RawMode::Userspace => Mode::Userspace,
+        RawMode::Xdp => Mode::Xdp,
+        RawMode::TcEbpf => Mode::TcEbpf,
+    }
+}
+
+fn distribution(raw: Option<RawDistribution>) -> Distribution {
+    match raw.unwrap_or(RawDistribution::RoundRobin) {
+        RawDistribution::RoundRobin => Distribution::RoundRobin,
+        RawDistribution::ConsistentHash => Distribution::ConsistentHash,
+        RawDistribution::Mirror => Distribution::Mirror,
+    }
+}
+
+fn fallback(raw: Option<RawFallback>) -> Fallback {
+    match raw {
+        None | Some(RawFallback::None) => Fallback::None,
+        Some(RawFallback::Userspace) => Fallback::Userspace,
+    }
+}
+
+/// What only makes sense for a kernel-plane listener is refused on a userspace one.
+fn userspace_rules(p: &str, has_fallback: bool, errs: &mut Errors) {
+    if has_fallback {
+        errs.add(
+            format!("{p}.fallback"),
+            "only kernel-plane listeners (mode: xdp or tc_ebpf) fall back",
+        );
+    }
 }
 
 /// What the kernel-plane rules look at.
@@ -177,6 +241,14 @@ struct KernelListener<'a> {
 /// The kernel plane rewrites headers in place and has fixed-size maps: what it cannot do is
 /// rejected here, before anything starts.
 fn kernel_rules(k: &KernelListener<'_>, errs: &mut Errors) {
+    kernel_addressing(k, errs);
+    kernel_features(k, errs);
+    kernel_capacity(k, errs);
+}
+
+/// An interface to attach to, an explicit port, and downstreams of the listener's address
+/// family (the programs rewrite headers in place, they cannot translate).
+fn kernel_addressing(k: &KernelListener<'_>, errs: &mut Errors) {
     let (p, mode) = (k.p, k.mode.as_str());
     if k.interface.is_none_or(str::is_empty) {
         errs.add(
@@ -184,22 +256,26 @@ fn kernel_rules(k: &KernelListener<'_>, errs: &mut Errors) {
             format!("required with mode: {mode} (the network interface to attach to)"),
         );
     }
-    if let Some(b) = k.bind {
-        if b.port() == 0 {
+    let Some(b) = k.bind else { return };
+    if b.port() == 0 {
+        errs.add(
+            format!("{p}.bind"),
+            format!("mode: {mode} needs an explicit port"),
+        );
+    }
+    for (j, d) in k.downstreams.iter().enumerate() {
+        if d.addr.is_ipv4() != b.is_ipv4() {
             errs.add(
-                format!("{p}.bind"),
-                format!("mode: {mode} needs an explicit port"),
+                format!("{p}.downstreams[{j}]"),
+                format!("{} is not of the listener's address family; mode: {mode} rewrites headers in place and cannot translate between IPv4 and IPv6", d.addr),
             );
         }
-        for (j, d) in k.downstreams.iter().enumerate() {
-            if d.addr.is_ipv4() != b.is_ipv4() {
-                errs.add(
-                    format!("{p}.downstreams[{j}]"),
-                    format!("{} is not of the listener's address family; mode: {mode} rewrites headers in place and cannot translate between IPv4 and IPv6", d.addr),
-                );
-            }
-        }
     }
+}
+
+/// What the programs do not do: copy a packet in XDP, keep sessions.
+fn kernel_features(k: &KernelListener<'_>, errs: &mut Errors) {
+    let (p, mode) = (k.p, k.mode.as_str());
     if k.distribution == Distribution::Mirror && k.mode == Mode::Xdp {
         errs.add(
             format!("{p}.distribution"),
@@ -212,6 +288,11 @@ fn kernel_rules(k: &KernelListener<'_>, errs: &mut Errors) {
             format!("sessions and the reply path are served by the userspace plane; use mode: userspace (mode: {mode} keeps no sessions)"),
         );
     }
+}
+
+/// The sizes of the kernel plane's maps: downstreams per listener, mirror copies, listeners.
+fn kernel_capacity(k: &KernelListener<'_>, errs: &mut Errors) {
+    let (p, mode) = (k.p, k.mode.as_str());
     if k.downstreams.len() > kernel_limits::DOWNSTREAMS {
         errs.add(
             format!("{p}.downstreams"),
@@ -241,8 +322,9 @@ fn kernel_rules(k: &KernelListener<'_>, errs: &mut Errors) {
     }
 }
 
+/// `listeners[i].downstreams`: a non-empty list of valid, distinct downstreams.
 fn downstreams(
-    raw: Option<Vec<crate::raw::RawDownstream>>,
+    raw: Option<Vec<RawDownstream>>,
     p: &str,
     bind: Option<SocketAddr>,
     errs: &mut Errors,
@@ -268,46 +350,14 @@ fn downstreams(
             }
             Some(s) => socket_addr(s, &dp, errs),
         };
-        let weight = match d.weight {
-            None => Some(1),
-            Some(w) if w < 1 => {
-                errs.add(
-                    format!("{dp}.weight"),
-                    format!("weight {w} is invalid: must be at least 1"),
-                );
-                None
-            }
-            Some(w) if w > i64::from(MAX_WEIGHT) => {
-                errs.add(
-                    format!("{dp}.weight"),
-                    format!("weight {w} is invalid: must be at most {MAX_WEIGHT}"),
-                );
-                None
-            }
-            Some(w) => u32::try_from(w).ok(),
-        };
+        let weight = weight(d.weight, &dp, errs);
         let Some(addr) = addr else { continue };
-        if addr.port() == 0 {
-            errs.add(dp.clone(), format!("downstream {addr} has port 0"));
-            continue;
-        }
-        if addr.ip().is_unspecified() {
-            errs.add(
-                dp.clone(),
-                format!("downstream {addr} is an unspecified address; name a host"),
-            );
-            continue;
-        }
-        if Some(addr) == bind {
-            errs.add(
-                dp.clone(),
-                format!("downstream {addr} is the listener itself (forwarding loop)"),
-            );
+        if !usable_downstream(addr, &dp, bind, errs) {
             continue;
         }
         if let Some(first) = seen.insert(addr, j) {
             errs.add(
-                dp.clone(),
+                dp,
                 format!("duplicate downstream {addr} (also downstreams[{first}])"),
             );
             continue;
@@ -317,6 +367,49 @@ fn downstreams(
         }
     }
     out
+}
+
+/// A downstream's weight: 1 when not given, else `1..=MAX_WEIGHT`.
+fn weight(raw: Option<i64>, dp: &str, errs: &mut Errors) -> Option<u32> {
+    match raw {
+        None => Some(1),
+        Some(w) if w < 1 => {
+            errs.add(
+                format!("{dp}.weight"),
+                format!("weight {w} is invalid: must be at least 1"),
+            );
+            None
+        }
+        Some(w) if w > i64::from(MAX_WEIGHT) => {
+            errs.add(
+                format!("{dp}.weight"),
+                format!("weight {w} is invalid: must be at most {MAX_WEIGHT}"),
+            );
+            None
+        }
+        Some(w) => u32::try_from(w).ok(),
+    }
+}
+
+/// Whether datagrams can be sent to `addr`: a real port, a named host, not the listener
+/// itself. Reports the first reason it cannot.
+fn usable_downstream(
+    addr: SocketAddr,
+    dp: &str,
+    bind: Option<SocketAddr>,
+    errs: &mut Errors,
+) -> bool {
+    let reason = if addr.port() == 0 {
+        format!("downstream {addr} has port 0")
+    } else if addr.ip().is_unspecified() {
+        format!("downstream {addr} is an unspecified address; name a host")
+    } else if Some(addr) == bind {
+        format!("downstream {addr} is the listener itself (forwarding loop)")
+    } else {
+        return true;
+    };
+    errs.add(dp, reason);
+    false
 }
 
 fn session(raw: RawSession, p: &str, errs: &mut Errors) -> Option<SessionConfig> {

@@ -1,4 +1,9 @@
 //! The HTTP endpoint: `GET /metrics` (Prometheus) and `GET /healthz` (liveness).
+//!
+//! Routing and serving are separate ([`router`], [`serve`]) so the caller binds the listening
+//! socket itself, before the daemon reports ready, and a port in use fails start-up rather than
+//! a background task. Each scrape renders a fresh exposition from the planes' counters; nothing
+//! is cached between scrapes.
 
 use std::future::Future;
 use std::sync::Arc;

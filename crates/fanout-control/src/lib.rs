@@ -14,6 +14,7 @@
 //! Health checks, reload and the admin API are planned and will live here. It all runs on a
 //! small tokio runtime on the main thread, apart from the data-plane workers, so nothing it
 //! does (a slow scrape, a stalled client) can delay a datagram.
+#![forbid(unsafe_code)]
 
 pub mod control;
 pub mod desired;

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use fanout_core::{DropReason, ListenerSnapshot};
+use fanout_core::{DropReason, EndpointSnapshot, ListenerSnapshot};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -68,8 +68,62 @@ impl std::fmt::Debug for ListenerCollector {
 
 type Labels = Vec<(Cow<'static, str>, Cow<'static, str>)>;
 
+/// The samples of one metric family: a label set and a value each.
+type Samples = Vec<(Labels, u64)>;
+
 fn listener_label(l: &ListenerSnapshot) -> Labels {
     vec![(Cow::Borrowed("listener"), Cow::Owned(l.name.clone()))]
+}
+
+fn endpoint_labels(l: &ListenerSnapshot, e: &EndpointSnapshot) -> Labels {
+    let mut labels = listener_label(l);
+    labels.push((Cow::Borrowed("endpoint"), Cow::Owned(e.addr.to_string())));
+    labels
+}
+
+/// One sample per listener, labelled `listener`.
+fn per_listener<'a>(
+    snaps: impl IntoIterator<Item = &'a ListenerSnapshot>,
+    value: fn(&ListenerSnapshot) -> u64,
+) -> Samples {
+    snaps
+        .into_iter()
+        .map(|l| (listener_label(l), value(l)))
+        .collect()
+}
+
+/// One sample per listener and drop reason (every reason, zeros included), labelled `listener`
+/// and `reason`.
+fn per_reason<'a>(
+    snaps: impl IntoIterator<Item = &'a ListenerSnapshot>,
+    counts: fn(&ListenerSnapshot) -> &[u64; DropReason::COUNT],
+) -> Samples {
+    snaps
+        .into_iter()
+        .flat_map(|l| {
+            DropReason::ALL.iter().map(move |r| {
+                let mut labels = listener_label(l);
+                labels.push((Cow::Borrowed("reason"), Cow::Borrowed(r.as_str())));
+                (labels, counts(l)[r.index()])
+            })
+        })
+        .collect()
+}
+
+/// One sample per downstream of every listener that `value` has one for, labelled `listener`
+/// and `endpoint`.
+fn per_endpoint(
+    snaps: &[ListenerSnapshot],
+    value: fn(&EndpointSnapshot) -> Option<u64>,
+) -> Samples {
+    snaps
+        .iter()
+        .flat_map(|l| {
+            l.downstreams
+                .iter()
+                .filter_map(move |e| value(e).map(|v| (endpoint_labels(l, e), v)))
+        })
+        .collect()
 }
 
 /// Writes one metric family: a descriptor followed by one sample per label set.
@@ -93,208 +147,193 @@ fn family(
     Ok(())
 }
 
+const COUNTER: MetricType = MetricType::Counter;
+const GAUGE: MetricType = MetricType::Gauge;
+
 impl Collector for ListenerCollector {
+    /// The families in their fixed order: the client path, the downstreams, the sessions, the
+    /// reply path, the sockets.
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snaps = (self.source)();
-        let per = |f: fn(&ListenerSnapshot) -> u64| -> Vec<(Labels, u64)> {
-            snaps.iter().map(|l| (listener_label(l), f(l))).collect()
-        };
-        let c = MetricType::Counter;
-        let g = MetricType::Gauge;
-        family(
-            &mut enc,
-            "udp_fanout_packets_received",
-            "Datagrams received from clients.",
-            c,
-            &per(|l| l.received),
-        )?;
-        family(
-            &mut enc,
-            "udp_fanout_packets_forwarded",
-            "Datagrams sent to downstreams (a mirrored datagram counts once per copy).",
-            c,
-            &per(|l| l.forwarded),
-        )?;
-        let dropped: Vec<(Labels, u64)> = snaps
-            .iter()
-            .flat_map(|l| {
-                DropReason::ALL.iter().map(move |r| {
-                    let mut labels = listener_label(l);
-                    labels.push((Cow::Borrowed("reason"), Cow::Borrowed(r.as_str())));
-                    (labels, l.dropped[r.index()])
-                })
-            })
-            .collect();
-        family(
-            &mut enc,
-            "udp_fanout_packets_dropped",
-            "Datagrams (or copies) dropped, by reason.",
-            c,
-            &dropped,
-        )?;
-        family(
-            &mut enc,
-            "udp_fanout_bytes_received",
-            "Payload bytes received from clients.",
-            c,
-            &per(|l| l.bytes_received),
-        )?;
-        family(
-            &mut enc,
-            "udp_fanout_bytes_forwarded",
-            "Payload bytes sent to downstreams.",
-            c,
-            &per(|l| l.bytes_forwarded),
-        )?;
-        let endpoint = |l: &ListenerSnapshot, e: &fanout_core::EndpointSnapshot| {
-            let mut labels = listener_label(l);
-            labels.push((Cow::Borrowed("endpoint"), Cow::Owned(e.addr.to_string())));
-            labels
-        };
-        let ep_packets: Vec<(Labels, u64)> = snaps
-            .iter()
-            .flat_map(|l| {
-                l.downstreams
-                    .iter()
-                    .map(move |e| (endpoint(l, e), e.packets))
-            })
-            .collect();
-        family(
-            &mut enc,
-            "udp_fanout_downstream_packets",
-            "Datagrams sent to each downstream.",
-            c,
-            &ep_packets,
-        )?;
-        let ep_bytes: Vec<(Labels, u64)> = snaps
-            .iter()
-            .flat_map(|l| l.downstreams.iter().map(move |e| (endpoint(l, e), e.bytes)))
-            .collect();
-        family(
-            &mut enc,
-            "udp_fanout_downstream_bytes",
-            "Payload bytes sent to each downstream.",
-            c,
-            &ep_bytes,
-        )?;
-        family(
-            &mut enc,
-            "udp_fanout_downstream_active",
-            "Downstreams currently taking new flows.",
-            g,
-            &per(|l| l.downstream_active),
-        )?;
-        let health: Vec<(Labels, u64)> = snaps
-            .iter()
-            .flat_map(|l| {
-                l.downstreams
-                    .iter()
-                    .filter_map(move |e| e.healthy.map(|h| (endpoint(l, e), u64::from(h))))
-            })
-            .collect();
-        if !health.is_empty() {
-            family(
-                &mut enc,
-                "udp_fanout_downstream_health",
-                "1 if the downstream passes its health check.",
-                g,
-                &health,
-            )?;
-        }
-        let with_sessions: Vec<&ListenerSnapshot> = snaps
-            .iter()
-            .filter(|l| l.sessions_active.is_some())
-            .collect();
-        if !with_sessions.is_empty() {
-            let per_s = |f: fn(&ListenerSnapshot) -> u64| -> Vec<(Labels, u64)> {
-                with_sessions
-                    .iter()
-                    .map(|l| (listener_label(l), f(l)))
-                    .collect()
-            };
-            family(
-                &mut enc,
-                "udp_fanout_sessions_active",
-                "Live client sessions.",
-                g,
-                &per_s(|l| l.sessions_active.unwrap_or(0)),
-            )?;
-            family(
-                &mut enc,
-                "udp_fanout_sessions_created",
-                "Client sessions created.",
-                c,
-                &per_s(|l| l.sessions.created),
-            )?;
-            family(
-                &mut enc,
-                "udp_fanout_sessions_expired",
-                "Sessions ended by their idle timeout.",
-                c,
-                &per_s(|l| l.sessions.expired),
-            )?;
-            family(
-                &mut enc,
-                "udp_fanout_sessions_evicted",
-                "Sessions evicted (least recently used) from a full table.",
-                c,
-                &per_s(|l| l.sessions.evicted),
-            )?;
-            family(
-                &mut enc,
-                "udp_fanout_sessions_repinned",
-                "Sessions moved to another downstream because theirs left the set.",
-                c,
-                &per_s(|l| l.sessions.repinned),
-            )?;
-        }
-        family(
-            &mut enc,
-            "udp_fanout_replies",
-            "Replies relayed from downstreams to clients.",
-            c,
-            &per(|l| l.replies),
-        )?;
-        family(
-            &mut enc,
-            "udp_fanout_replies_received",
-            "Datagrams received from downstreams on the reply path.",
-            c,
-            &per(|l| l.replies_received),
-        )?;
-        let reply_dropped: Vec<(Labels, u64)> = snaps
-            .iter()
-            .filter(|l| l.sessions_active.is_some())
-            .flat_map(|l| {
-                DropReason::ALL.iter().map(move |r| {
-                    let mut labels = listener_label(l);
-                    labels.push((Cow::Borrowed("reason"), Cow::Borrowed(r.as_str())));
-                    (labels, l.replies_dropped[r.index()])
-                })
-            })
-            .collect();
-        family(
-            &mut enc,
-            "udp_fanout_replies_dropped",
-            "Reply-path datagrams dropped, by reason.",
-            c,
-            &reply_dropped,
-        )?;
+        encode_client_path(&mut enc, &snaps)?;
+        encode_downstreams(&mut enc, &snaps)?;
+        encode_sessions(&mut enc, &snaps)?;
+        encode_reply_path(&mut enc, &snaps)?;
         family(
             &mut enc,
             "udp_fanout_socket_drops",
             "Datagrams the kernel dropped because a listener socket's receive buffer was full (never seen by udp-fanout).",
-            c,
-            &per(|l| l.socket_drops),
-        )?;
-        Ok(())
+            COUNTER,
+            &per_listener(&snaps, |l| l.socket_drops),
+        )
     }
+}
+
+/// Datagrams and bytes from clients, and what became of them.
+fn encode_client_path(
+    enc: &mut DescriptorEncoder<'_>,
+    snaps: &[ListenerSnapshot],
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "udp_fanout_packets_received",
+        "Datagrams received from clients.",
+        COUNTER,
+        &per_listener(snaps, |l| l.received),
+    )?;
+    family(
+        enc,
+        "udp_fanout_packets_forwarded",
+        "Datagrams sent to downstreams (a mirrored datagram counts once per copy).",
+        COUNTER,
+        &per_listener(snaps, |l| l.forwarded),
+    )?;
+    family(
+        enc,
+        "udp_fanout_packets_dropped",
+        "Datagrams (or copies) dropped, by reason.",
+        COUNTER,
+        &per_reason(snaps, |l| &l.dropped),
+    )?;
+    family(
+        enc,
+        "udp_fanout_bytes_received",
+        "Payload bytes received from clients.",
+        COUNTER,
+        &per_listener(snaps, |l| l.bytes_received),
+    )?;
+    family(
+        enc,
+        "udp_fanout_bytes_forwarded",
+        "Payload bytes sent to downstreams.",
+        COUNTER,
+        &per_listener(snaps, |l| l.bytes_forwarded),
+    )
+}
+
+/// Per-downstream traffic, how many downstreams take flows, and health where it is checked
+/// (the health family is left out entirely when no downstream has a health check).
+fn encode_downstreams(
+    enc: &mut DescriptorEncoder<'_>,
+    snaps: &[ListenerSnapshot],
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "udp_fanout_downstream_packets",
+        "Datagrams sent to each downstream.",
+        COUNTER,
+        &per_endpoint(snaps, |e| Some(e.packets)),
+    )?;
+    family(
+        enc,
+        "udp_fanout_downstream_bytes",
+        "Payload bytes sent to each downstream.",
+        COUNTER,
+        &per_endpoint(snaps, |e| Some(e.bytes)),
+    )?;
+    family(
+        enc,
+        "udp_fanout_downstream_active",
+        "Downstreams currently taking new flows.",
+        GAUGE,
+        &per_listener(snaps, |l| l.downstream_active),
+    )?;
+    let health = per_endpoint(snaps, |e| e.healthy.map(u64::from));
+    if health.is_empty() {
+        return Ok(());
+    }
+    family(
+        enc,
+        "udp_fanout_downstream_health",
+        "1 if the downstream passes its health check.",
+        GAUGE,
+        &health,
+    )
+}
+
+/// The listeners that keep sessions.
+fn with_sessions(snaps: &[ListenerSnapshot]) -> impl Iterator<Item = &ListenerSnapshot> + Clone {
+    snaps.iter().filter(|l| l.sessions_active.is_some())
+}
+
+/// Session counts of the listeners that keep sessions; nothing at all when none does.
+fn encode_sessions(
+    enc: &mut DescriptorEncoder<'_>,
+    snaps: &[ListenerSnapshot],
+) -> Result<(), std::fmt::Error> {
+    let listeners = with_sessions(snaps);
+    if listeners.clone().next().is_none() {
+        return Ok(());
+    }
+    family(
+        enc,
+        "udp_fanout_sessions_active",
+        "Live client sessions.",
+        GAUGE,
+        &per_listener(listeners.clone(), |l| l.sessions_active.unwrap_or(0)),
+    )?;
+    family(
+        enc,
+        "udp_fanout_sessions_created",
+        "Client sessions created.",
+        COUNTER,
+        &per_listener(listeners.clone(), |l| l.sessions.created),
+    )?;
+    family(
+        enc,
+        "udp_fanout_sessions_expired",
+        "Sessions ended by their idle timeout.",
+        COUNTER,
+        &per_listener(listeners.clone(), |l| l.sessions.expired),
+    )?;
+    family(
+        enc,
+        "udp_fanout_sessions_evicted",
+        "Sessions evicted (least recently used) from a full table.",
+        COUNTER,
+        &per_listener(listeners.clone(), |l| l.sessions.evicted),
+    )?;
+    family(
+        enc,
+        "udp_fanout_sessions_repinned",
+        "Sessions moved to another downstream because theirs left the set.",
+        COUNTER,
+        &per_listener(listeners, |l| l.sessions.repinned),
+    )
+}
+
+/// Replies from downstreams back to clients. The reply counts are exported for every listener
+/// (zero without sessions), the reply drops only for listeners that keep sessions.
+fn encode_reply_path(
+    enc: &mut DescriptorEncoder<'_>,
+    snaps: &[ListenerSnapshot],
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "udp_fanout_replies",
+        "Replies relayed from downstreams to clients.",
+        COUNTER,
+        &per_listener(snaps, |l| l.replies),
+    )?;
+    family(
+        enc,
+        "udp_fanout_replies_received",
+        "Datagrams received from downstreams on the reply path.",
+        COUNTER,
+        &per_listener(snaps, |l| l.replies_received),
+    )?;
+    family(
+        enc,
+        "udp_fanout_replies_dropped",
+        "Reply-path datagrams dropped, by reason.",
+        COUNTER,
+        &per_reason(with_sessions(snaps), |l| &l.replies_dropped),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fanout_core::EndpointSnapshot;
 
     fn snap() -> ListenerSnapshot {
         let mut s = ListenerSnapshot {
@@ -344,4 +383,182 @@ mod tests {
             "no health checks, no series"
         );
     }
+
+    /// Two listeners: one with sessions and health-checked downstreams (IPv4 and IPv6), one
+    /// with neither.
+    fn two_listeners() -> Vec<ListenerSnapshot> {
+        let mut dns = ListenerSnapshot {
+            name: "dns".into(),
+            received: 7,
+            bytes_received: 700,
+            forwarded: 14,
+            bytes_forwarded: 1400,
+            downstreams: vec![
+                EndpointSnapshot {
+                    addr: "10.0.0.1:53".parse().unwrap(),
+                    packets: 8,
+                    bytes: 800,
+                    healthy: Some(true),
+                },
+                EndpointSnapshot {
+                    addr: "[2001:db8::2]:53".parse().unwrap(),
+                    packets: 6,
+                    bytes: 600,
+                    healthy: Some(false),
+                },
+            ],
+            downstream_active: 2,
+            sessions_active: Some(3),
+            replies: 5,
+            replies_received: 6,
+            socket_drops: 2,
+            ..Default::default()
+        };
+        dns.sessions.created = 4;
+        dns.sessions.expired = 1;
+        dns.sessions.evicted = 2;
+        dns.sessions.repinned = 3;
+        dns.dropped[DropReason::SendError.index()] = 2;
+        dns.replies_dropped[DropReason::UnknownSource.index()] = 1;
+        vec![dns, snap()]
+    }
+
+    /// The whole exposition, byte for byte: family order, label order, which families are
+    /// left out, HELP texts. Dashboards and the end-to-end tests depend on all of it.
+    #[test]
+    fn renders_exactly_the_contract() {
+        let e = Exporter::new(Arc::new(two_listeners));
+        assert_eq!(e.render(), FULL);
+    }
+
+    #[test]
+    fn renders_only_descriptors_without_listeners() {
+        let e = Exporter::new(Arc::new(Vec::new));
+        assert_eq!(e.render(), EMPTY);
+    }
+
+    const FULL: &str = r##"# HELP udp_fanout_packets_received Datagrams received from clients.
+# TYPE udp_fanout_packets_received counter
+udp_fanout_packets_received_total{listener="dns"} 7
+udp_fanout_packets_received_total{listener="syslog"} 10
+# HELP udp_fanout_packets_forwarded Datagrams sent to downstreams (a mirrored datagram counts once per copy).
+# TYPE udp_fanout_packets_forwarded counter
+udp_fanout_packets_forwarded_total{listener="dns"} 14
+udp_fanout_packets_forwarded_total{listener="syslog"} 9
+# HELP udp_fanout_packets_dropped Datagrams (or copies) dropped, by reason.
+# TYPE udp_fanout_packets_dropped counter
+udp_fanout_packets_dropped_total{listener="dns",reason="no_downstream"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="send_error"} 2
+udp_fanout_packets_dropped_total{listener="dns",reason="buffer_full"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="truncated"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="malformed"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="unknown_source"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="no_session"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="too_large"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="shadow_reply"} 0
+udp_fanout_packets_dropped_total{listener="dns",reason="no_upstream_port"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="no_downstream"} 1
+udp_fanout_packets_dropped_total{listener="syslog",reason="send_error"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="buffer_full"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="truncated"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="malformed"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="unknown_source"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="no_session"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="too_large"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="shadow_reply"} 0
+udp_fanout_packets_dropped_total{listener="syslog",reason="no_upstream_port"} 0
+# HELP udp_fanout_bytes_received Payload bytes received from clients.
+# TYPE udp_fanout_bytes_received counter
+udp_fanout_bytes_received_total{listener="dns"} 700
+udp_fanout_bytes_received_total{listener="syslog"} 1000
+# HELP udp_fanout_bytes_forwarded Payload bytes sent to downstreams.
+# TYPE udp_fanout_bytes_forwarded counter
+udp_fanout_bytes_forwarded_total{listener="dns"} 1400
+udp_fanout_bytes_forwarded_total{listener="syslog"} 900
+# HELP udp_fanout_downstream_packets Datagrams sent to each downstream.
+# TYPE udp_fanout_downstream_packets counter
+udp_fanout_downstream_packets_total{listener="dns",endpoint="10.0.0.1:53"} 8
+udp_fanout_downstream_packets_total{listener="dns",endpoint="[2001:db8::2]:53"} 6
+udp_fanout_downstream_packets_total{listener="syslog",endpoint="127.0.0.1:6001"} 9
+# HELP udp_fanout_downstream_bytes Payload bytes sent to each downstream.
+# TYPE udp_fanout_downstream_bytes counter
+udp_fanout_downstream_bytes_total{listener="dns",endpoint="10.0.0.1:53"} 800
+udp_fanout_downstream_bytes_total{listener="dns",endpoint="[2001:db8::2]:53"} 600
+udp_fanout_downstream_bytes_total{listener="syslog",endpoint="127.0.0.1:6001"} 900
+# HELP udp_fanout_downstream_active Downstreams currently taking new flows.
+# TYPE udp_fanout_downstream_active gauge
+udp_fanout_downstream_active{listener="dns"} 2
+udp_fanout_downstream_active{listener="syslog"} 1
+# HELP udp_fanout_downstream_health 1 if the downstream passes its health check.
+# TYPE udp_fanout_downstream_health gauge
+udp_fanout_downstream_health{listener="dns",endpoint="10.0.0.1:53"} 1
+udp_fanout_downstream_health{listener="dns",endpoint="[2001:db8::2]:53"} 0
+# HELP udp_fanout_sessions_active Live client sessions.
+# TYPE udp_fanout_sessions_active gauge
+udp_fanout_sessions_active{listener="dns"} 3
+# HELP udp_fanout_sessions_created Client sessions created.
+# TYPE udp_fanout_sessions_created counter
+udp_fanout_sessions_created_total{listener="dns"} 4
+# HELP udp_fanout_sessions_expired Sessions ended by their idle timeout.
+# TYPE udp_fanout_sessions_expired counter
+udp_fanout_sessions_expired_total{listener="dns"} 1
+# HELP udp_fanout_sessions_evicted Sessions evicted (least recently used) from a full table.
+# TYPE udp_fanout_sessions_evicted counter
+udp_fanout_sessions_evicted_total{listener="dns"} 2
+# HELP udp_fanout_sessions_repinned Sessions moved to another downstream because theirs left the set.
+# TYPE udp_fanout_sessions_repinned counter
+udp_fanout_sessions_repinned_total{listener="dns"} 3
+# HELP udp_fanout_replies Replies relayed from downstreams to clients.
+# TYPE udp_fanout_replies counter
+udp_fanout_replies_total{listener="dns"} 5
+udp_fanout_replies_total{listener="syslog"} 0
+# HELP udp_fanout_replies_received Datagrams received from downstreams on the reply path.
+# TYPE udp_fanout_replies_received counter
+udp_fanout_replies_received_total{listener="dns"} 6
+udp_fanout_replies_received_total{listener="syslog"} 0
+# HELP udp_fanout_replies_dropped Reply-path datagrams dropped, by reason.
+# TYPE udp_fanout_replies_dropped counter
+udp_fanout_replies_dropped_total{listener="dns",reason="no_downstream"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="send_error"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="buffer_full"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="truncated"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="malformed"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="unknown_source"} 1
+udp_fanout_replies_dropped_total{listener="dns",reason="no_session"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="too_large"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="shadow_reply"} 0
+udp_fanout_replies_dropped_total{listener="dns",reason="no_upstream_port"} 0
+# HELP udp_fanout_socket_drops Datagrams the kernel dropped because a listener socket's receive buffer was full (never seen by udp-fanout).
+# TYPE udp_fanout_socket_drops counter
+udp_fanout_socket_drops_total{listener="dns"} 2
+udp_fanout_socket_drops_total{listener="syslog"} 0
+# EOF
+"##;
+
+    const EMPTY: &str = r##"# HELP udp_fanout_packets_received Datagrams received from clients.
+# TYPE udp_fanout_packets_received counter
+# HELP udp_fanout_packets_forwarded Datagrams sent to downstreams (a mirrored datagram counts once per copy).
+# TYPE udp_fanout_packets_forwarded counter
+# HELP udp_fanout_packets_dropped Datagrams (or copies) dropped, by reason.
+# TYPE udp_fanout_packets_dropped counter
+# HELP udp_fanout_bytes_received Payload bytes received from clients.
+# TYPE udp_fanout_bytes_received counter
+# HELP udp_fanout_bytes_forwarded Payload bytes sent to downstreams.
+# TYPE udp_fanout_bytes_forwarded counter
+# HELP udp_fanout_downstream_packets Datagrams sent to each downstream.
+# TYPE udp_fanout_downstream_packets counter
+# HELP udp_fanout_downstream_bytes Payload bytes sent to each downstream.
+# TYPE udp_fanout_downstream_bytes counter
+# HELP udp_fanout_downstream_active Downstreams currently taking new flows.
+# TYPE udp_fanout_downstream_active gauge
+# HELP udp_fanout_replies Replies relayed from downstreams to clients.
+# TYPE udp_fanout_replies counter
+# HELP udp_fanout_replies_received Datagrams received from downstreams on the reply path.
+# TYPE udp_fanout_replies_received counter
+# HELP udp_fanout_replies_dropped Reply-path datagrams dropped, by reason.
+# TYPE udp_fanout_replies_dropped counter
+# HELP udp_fanout_socket_drops Datagrams the kernel dropped because a listener socket's receive buffer was full (never seen by udp-fanout).
+# TYPE udp_fanout_socket_drops counter
+# EOF
+"##;
 }

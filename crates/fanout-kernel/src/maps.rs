@@ -6,7 +6,8 @@
 //! cycle, Maglev table, header), and only then is `uf_active` flipped to it, one 32-bit write.
 //! A packet that read the old bank number finishes on the old bank, which stays intact until the
 //! next update; updates wait [`BANK_REUSE_DELAY`] after a flip before rewriting a bank, far longer
-//! than any program run.
+//! than any program run. [`KernelMaps::bank_reuse_wait`] tells a caller how long that wait is,
+//! so it can wait without holding its own locks (see `plane.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -74,7 +75,27 @@ pub struct KernelMaps {
     nexthops: HashMap<MapData, uf_nexthop_key, uf_nexthop>,
     globals: Array<MapData, uf_globals>,
     /// When each listener's bank was last flipped.
-    flipped: [Option<Instant>; UF_MAX_LISTENERS as usize],
+    flipped: FlipTimes,
+}
+
+/// When each listener's `uf_active` was last flipped, and so how long until the bank that flip
+/// retired may be rewritten.
+#[derive(Debug, Clone, Default)]
+struct FlipTimes([Option<Instant>; UF_MAX_LISTENERS as usize]);
+
+impl FlipTimes {
+    /// How long from `now` until listener `id`'s idle bank may be rewritten: zero when it was
+    /// never flipped or [`BANK_REUSE_DELAY`] has passed since.
+    fn reuse_wait(&self, id: u32, now: Instant) -> Duration {
+        self.0[id as usize].map_or(Duration::ZERO, |t| {
+            BANK_REUSE_DELAY.saturating_sub(now.saturating_duration_since(t))
+        })
+    }
+
+    /// Listener `id` flipped at `now`.
+    fn flipped(&mut self, id: u32, now: Instant) {
+        self.0[id as usize] = Some(now);
+    }
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -147,7 +168,7 @@ impl KernelMaps {
             endpoint_stats: take!(ebpf, "uf_endpoint_stats"),
             nexthops: take!(ebpf, "uf_nexthops"),
             globals: take!(ebpf, "uf_globals"),
-            flipped: [None; UF_MAX_LISTENERS as usize],
+            flipped: FlipTimes::default(),
         })
     }
 
@@ -224,8 +245,23 @@ impl KernelMaps {
         self.ports.set(index, entry, 0).map_err(err("uf_ports"))
     }
 
+    /// How long until listener `id`'s idle bank may be rewritten by [`write_set`]: zero unless
+    /// its last flip was less than [`BANK_REUSE_DELAY`] ago. A caller that holds a lock other
+    /// threads need can release it, wait this long, and call [`write_set`] after, which then
+    /// does not sleep, provided nothing flipped the listener in between.
+    ///
+    /// [`write_set`]: Self::write_set
+    pub fn bank_reuse_wait(&self, id: u32) -> Result<Duration, MapsError> {
+        check_id(id)?;
+        Ok(self.flipped.reuse_wait(id, Instant::now()))
+    }
+
     /// Writes `set` as listener `id`'s downstreams (into the idle bank, then flips to it).
     /// `stats_ids[i]` is the counter slot of `set.endpoints()[i]`.
+    ///
+    /// Sleeps first if the idle bank was retired less than [`BANK_REUSE_DELAY`] ago (see
+    /// [`bank_reuse_wait`](Self::bank_reuse_wait)): the rule that a bank is not rewritten while
+    /// a packet may still be reading it is kept here, whatever the caller did.
     pub fn write_set(
         &mut self,
         id: u32,
@@ -233,30 +269,39 @@ impl KernelMaps {
         stats_ids: &[u32],
     ) -> Result<(), MapsError> {
         check_id(id)?;
-        let eps = set.endpoints();
-        if eps.len() > UF_MAX_BACKENDS as usize {
-            return Err(MapsError::TooLarge(format!(
-                "{} downstreams; the kernel plane takes at most {UF_MAX_BACKENDS} per listener",
-                eps.len()
-            )));
-        }
-        if set.distribution() == Distribution::Mirror && set.active().len() > UF_MAX_MIRROR as usize
-        {
-            return Err(MapsError::TooLarge(format!(
-                "{} mirror targets; the kernel plane copies to at most {UF_MAX_MIRROR}",
-                set.active().len()
-            )));
+        check_fits(set)?;
+        let wait = self.bank_reuse_wait(id)?;
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
         let current = self.active.get(&id, 0).map_err(err("uf_active"))?;
         let next = 1 - (current & 1);
-        if let Some(t) = self.flipped[id as usize] {
-            let since = t.elapsed();
-            if since < BANK_REUSE_DELAY {
-                std::thread::sleep(BANK_REUSE_DELAY - since);
-            }
-        }
         let bank_index = id * UF_BANKS + next;
-        for (i, e) in eps.iter().enumerate() {
+        self.write_backends(bank_index, set, stats_ids)?;
+        let mut header = self.write_choice(bank_index, set)?;
+        if set.active().is_empty() {
+            // Nothing takes traffic: every datagram is dropped with no_downstream.
+            header.rr_len = 0;
+            header.mirror_count = 0;
+            header.count = 0;
+        }
+        // The header last: with it the bank is complete, and only then is it made active.
+        self.banks
+            .set(bank_index, header, 0)
+            .map_err(err("uf_banks"))?;
+        self.active.set(id, next, 0).map_err(err("uf_active"))?;
+        self.flipped.flipped(id, Instant::now());
+        Ok(())
+    }
+
+    /// The bank's downstream array: `set.endpoints()` in order, each with its counter slot.
+    fn write_backends(
+        &mut self,
+        bank_index: u32,
+        set: &BackendSet,
+        stats_ids: &[u32],
+    ) -> Result<(), MapsError> {
+        for (i, e) in set.endpoints().iter().enumerate() {
             let sid = stats_ids.get(i).copied().unwrap_or(0);
             self.backends
                 .set(
@@ -266,24 +311,20 @@ impl KernelMaps {
                 )
                 .map_err(err("uf_backends"))?;
         }
+        Ok(())
+    }
+
+    /// What the programs choose with, by distribution: the round-robin cycle or the Maglev
+    /// table written into the bank's slice of `uf_rr` / `uf_maglev`, or the mirror targets in
+    /// the header. Returns the bank's header, not written yet.
+    fn write_choice(&mut self, bank_index: u32, set: &BackendSet) -> Result<uf_bank, MapsError> {
         let mut header = uf_bank {
-            count: eps.len() as u32,
+            count: set.endpoints().len() as u32,
             ..Default::default()
         };
         match set.distribution() {
             Distribution::RoundRobin => {
-                let weights: Vec<u32> = eps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        if set.active().contains(&(i as u32)) {
-                            e.weight
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                let sched = Schedule::bounded(&weights, UF_RR_SLOTS as usize);
+                let sched = Schedule::bounded(&rr_weights(set), UF_RR_SLOTS as usize);
                 for (k, &slot) in sched.slots().iter().enumerate() {
                     self.rr
                         .set(bank_index * UF_RR_SLOTS + k as u32, slot, 0)
@@ -307,18 +348,7 @@ impl KernelMaps {
                 header.mirror_count = set.active().len() as u32;
             }
         }
-        if set.active().is_empty() {
-            // Nothing takes traffic: every datagram is dropped with no_downstream.
-            header.rr_len = 0;
-            header.mirror_count = 0;
-            header.count = 0;
-        }
-        self.banks
-            .set(bank_index, header, 0)
-            .map_err(err("uf_banks"))?;
-        self.active.set(id, next, 0).map_err(err("uf_active"))?;
-        self.flipped[id as usize] = Some(Instant::now());
-        Ok(())
+        Ok(header)
     }
 
     /// Listener `id`'s counters summed over CPUs.
@@ -393,6 +423,40 @@ impl KernelMaps {
     }
 }
 
+/// The round-robin weights of `set`'s downstreams: their own for those taking new flows, 0 for
+/// the others (so they keep their index but get no slot).
+fn rr_weights(set: &BackendSet) -> Vec<u32> {
+    set.endpoints()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if set.active().contains(&(i as u32)) {
+                e.weight
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Refuses a set larger than the kernel plane's fixed-size maps hold.
+fn check_fits(set: &BackendSet) -> Result<(), MapsError> {
+    let eps = set.endpoints();
+    if eps.len() > UF_MAX_BACKENDS as usize {
+        return Err(MapsError::TooLarge(format!(
+            "{} downstreams; the kernel plane takes at most {UF_MAX_BACKENDS} per listener",
+            eps.len()
+        )));
+    }
+    if set.distribution() == Distribution::Mirror && set.active().len() > UF_MAX_MIRROR as usize {
+        return Err(MapsError::TooLarge(format!(
+            "{} mirror targets; the kernel plane copies to at most {UF_MAX_MIRROR}",
+            set.active().len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_id(id: u32) -> Result<(), MapsError> {
     if id >= UF_MAX_LISTENERS {
         Err(MapsError::TooLarge(format!(
@@ -425,6 +489,34 @@ mod tests {
         ] {
             assert_eq!(c as usize, r.index(), "{r}");
         }
+    }
+
+    #[test]
+    fn a_bank_never_flipped_may_be_written_at_once() {
+        let f = FlipTimes::default();
+        assert_eq!(f.reuse_wait(0, Instant::now()), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_retired_bank_rests_for_the_reuse_delay() {
+        let mut f = FlipTimes::default();
+        let t0 = Instant::now();
+        f.flipped(3, t0);
+        assert_eq!(f.reuse_wait(3, t0), BANK_REUSE_DELAY);
+        let later = t0 + BANK_REUSE_DELAY / 4;
+        assert_eq!(
+            f.reuse_wait(3, later),
+            BANK_REUSE_DELAY - BANK_REUSE_DELAY / 4
+        );
+        assert_eq!(f.reuse_wait(3, t0 + BANK_REUSE_DELAY), Duration::ZERO);
+        assert_eq!(f.reuse_wait(3, t0 + 2 * BANK_REUSE_DELAY), Duration::ZERO);
+        // Other listeners have their own banks.
+        assert_eq!(f.reuse_wait(2, t0), Duration::ZERO);
+        // A clock read before the flip (another thread's) waits the whole delay, no more.
+        assert_eq!(
+            f.reuse_wait(3, t0 - Duration::from_millis(1)),
+            BANK_REUSE_DELAY
+        );
     }
 
     #[test]

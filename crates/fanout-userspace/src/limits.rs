@@ -1,4 +1,10 @@
 //! Process limits the plane needs: enough file descriptors for the sessions' upstream sockets.
+//!
+//! A listener with the reply path needs up to one upstream socket per session (fewer when
+//! sticky sessions over several downstreams share ports), so `max_sessions` can far exceed the
+//! usual soft limit of 1024 descriptors. The limit is raised once, before anything is bound,
+//! from what the configuration can need, so that a hard limit too low shows up as one warning
+//! at start rather than as unexplained drops under load.
 
 use fanout_config::{Config, Mode};
 use fanout_core::select::Distribution;

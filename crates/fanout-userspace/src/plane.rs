@@ -5,7 +5,7 @@
 //! nothing behind and is reported as one line naming the listener and address.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,79 +134,32 @@ impl UserspacePlane {
             pktinfo: false,
         };
         crate::limits::raise_nofile(cfg);
-        let mut listeners = Vec::new();
         // Kernel-plane listeners are served here too, as their slow path: whatever their
         // program hands to the kernel for local delivery (IP fragments, datagrams sent from
         // this host itself) reaches these sockets and is forwarded the same way.
-        for l in &cfg.listeners {
-            listeners.push(Arc::new(bind_listener(
-                l,
-                workers,
-                &opts,
-                cfg.dataplane.gro,
-            )?));
-        }
-        let need_v4 = cfg
+        let listeners = cfg
             .listeners
             .iter()
-            .flat_map(|l| &l.downstreams)
-            .any(|d| d.addr.is_ipv4());
-        let need_v6 = cfg
-            .listeners
-            .iter()
-            .flat_map(|l| &l.downstreams)
-            .any(|d| d.addr.is_ipv6());
+            .map(|l| bind_listener(l, workers, &opts, cfg.dataplane.gro).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let families = Families::of(cfg);
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut setups = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
         for id in 0..workers {
-            let poll = Poll::new().map_err(setup_err("creating epoll instance"))?;
-            wakers.push(Waker::new(poll.registry(), WAKE).map_err(setup_err("creating waker"))?);
-            let mut mine = Vec::with_capacity(listeners.len());
-            for (li, l) in listeners.iter().enumerate() {
-                let sock = Arc::clone(&l.sockets()[id]);
-                poll.registry()
-                    .register(
-                        &mut SourceFd(&sock.as_raw_fd()),
-                        worker::listener_token(li),
-                        Interest::READABLE,
-                    )
-                    .map_err(setup_err("registering listener socket"))?;
-                mine.push((Arc::clone(l), sock));
-            }
-            let egress = |probe: &str| -> Result<UdpSocket, PlaneError> {
-                let probe: SocketAddr = probe.parse().map_err(|_| PlaneError::Setup {
-                    what: "egress".into(),
-                    source: io::Error::other("bad probe address"),
-                })?;
-                socket::egress(
-                    probe,
-                    &SocketOptions {
-                        recv_buffer: 4096,
-                        ..opts
-                    },
-                )
-                .map(|(s, _)| s)
-                .map_err(setup_err(format!(
-                    "creating {} egress socket",
-                    if probe.is_ipv4() { "IPv4" } else { "IPv6" }
-                )))
-            };
+            let WorkerPoll {
+                poll,
+                waker,
+                listeners: mine,
+            } = worker_poll(id, &listeners)?;
+            wakers.push(waker);
             setups.push(WorkerSetup {
                 id,
                 workers,
                 poll,
                 listeners: mine,
-                egress_v4: if need_v4 {
-                    Some(egress("0.0.0.0:0")?)
-                } else {
-                    None
-                },
-                egress_v6: if need_v6 {
-                    Some(egress("[::]:0")?)
-                } else {
-                    None
-                },
+                egress_v4: families.v4.then(|| egress(V4_ANY, &opts)).transpose()?,
+                egress_v6: families.v6.then(|| egress(V6_ANY, &opts)).transpose()?,
                 batch: cfg.dataplane.batch_size,
                 send_timeout: cfg.dataplane.send_timeout,
                 gso: cfg.dataplane.gso,
@@ -272,6 +225,74 @@ impl Drop for UserspacePlane {
             }
         }
     }
+}
+
+/// The address families of the downstreams: a worker gets an egress socket for each.
+#[derive(Debug, Clone, Copy)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    fn of(cfg: &Config) -> Self {
+        let mut downstreams = cfg.listeners.iter().flat_map(|l| &l.downstreams);
+        Families {
+            v4: downstreams.clone().any(|d| d.addr.is_ipv4()),
+            v6: downstreams.any(|d| d.addr.is_ipv6()),
+        }
+    }
+}
+
+const V4_ANY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+const V6_ANY: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+
+/// What a worker polls: its epoll instance, the waker that interrupts it, and its socket of
+/// every listener.
+struct WorkerPoll {
+    poll: Poll,
+    waker: Waker,
+    listeners: Vec<(Arc<ListenerShared>, Arc<UdpSocket>)>,
+}
+
+/// Worker `id`'s [`WorkerPoll`], each listener socket registered with the listener's token.
+fn worker_poll(id: usize, listeners: &[Arc<ListenerShared>]) -> Result<WorkerPoll, PlaneError> {
+    let poll = Poll::new().map_err(setup_err("creating epoll instance"))?;
+    let waker = Waker::new(poll.registry(), WAKE).map_err(setup_err("creating waker"))?;
+    let mut mine = Vec::with_capacity(listeners.len());
+    for (li, l) in listeners.iter().enumerate() {
+        let sock = Arc::clone(&l.sockets()[id]);
+        poll.registry()
+            .register(
+                &mut SourceFd(&sock.as_raw_fd()),
+                worker::listener_token(li),
+                Interest::READABLE,
+            )
+            .map_err(setup_err("registering listener socket"))?;
+        mine.push((Arc::clone(l), sock));
+    }
+    Ok(WorkerPoll {
+        poll,
+        waker,
+        listeners: mine,
+    })
+}
+
+/// A worker's socket for sending to downstreams of `any`'s family (it receives nothing, so
+/// its receive buffer is small).
+fn egress(any: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket, PlaneError> {
+    socket::egress(
+        any,
+        &SocketOptions {
+            recv_buffer: 4096,
+            ..*opts
+        },
+    )
+    .map(|(s, _)| s)
+    .map_err(setup_err(format!(
+        "creating {} egress socket",
+        if any.is_ipv4() { "IPv4" } else { "IPv6" }
+    )))
 }
 
 /// Binds one listener's worker sockets, refusing an address another process holds.

@@ -1,6 +1,7 @@
 //! `udp-fanout`: the daemon's entry point. Parses the command line, loads and validates the
 //! configuration, starts the data plane and the metrics endpoint, and stops them cleanly on
 //! SIGINT/SIGTERM. The work is done by the library crates; this file only wires them.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

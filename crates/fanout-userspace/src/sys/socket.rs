@@ -1,4 +1,10 @@
 //! Creating and tuning the plane's UDP sockets.
+//!
+//! Listener sockets (one per worker, shared through SO_REUSEPORT), egress sockets and the
+//! sessions' upstream sockets are all made here, non-blocking, with their options set before
+//! `bind` so they apply from the first datagram. socket2 covers most options; the few it
+//! lacks (forced buffer sizes, packet info, UDP GRO, receive timestamps, `SO_MEMINFO`) are raw
+//! `setsockopt`/`getsockopt` calls.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
