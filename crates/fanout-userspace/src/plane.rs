@@ -1,8 +1,11 @@
 //! Starting and stopping the userspace plane.
 //!
-//! Everything that can fail for a user-visible reason (ports in use, bad permissions, socket
-//! limits) happens in [`UserspacePlane::start`] before any worker runs, so a failure leaves
-//! nothing behind and is reported as one line naming the listener and address.
+//! Start-up is two steps: [`UserspacePlane::bind`] creates every socket and poll (everything
+//! that can fail for a user-visible reason: ports in use, bad permissions, socket limits) before
+//! any worker runs, so a failure leaves nothing behind and is reported as one line naming the
+//! listener and address; [`BoundPlane::run`] then starts the workers. The daemon binds while it
+//! still has its privileges and runs the workers after dropping them; [`UserspacePlane::start`]
+//! does both at once for tests and embedders.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
