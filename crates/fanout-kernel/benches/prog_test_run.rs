@@ -2,9 +2,9 @@
 //! large repeat reports the mean duration per run).
 //!
 //! `cargo bench -p fanout-kernel --bench prog_test_run` measures with repeat = 1,000,000 (seven
-//! rounds; median, min and max of the kernel's means shown); under `cargo test --all-targets` it runs each path with repeat =
-//! 1,000 as a check. Without root it prints `SKIP` and succeeds (or fails with
-//! UDP_FANOUT_REQUIRE_PRIVILEGED=1).
+//! rounds; median, min and max of the kernel's means shown); under `cargo test --all-targets`
+//! it runs each path with repeat = 1,000 as a check. Without root it prints `SKIP` and succeeds
+//! (or fails with UDP_FANOUT_REQUIRE_PRIVILEGED=1).
 //!
 //! Repeats run on the previous repeat's output (the kernel does not reset its buffer), so every
 //! measured path is made idempotent: each downstream address:port is also a listener whose
@@ -23,7 +23,6 @@ use std::time::Duration;
 use common::packet::{Builder, ETH_P_ARP};
 use common::*;
 use fanout_core::select::Distribution;
-use fanout_kernel::bindings::uf_nexthop;
 use fanout_kernel::maps::ListenerCounters;
 
 /// Listeners: 0 = round-robin over RR_BACKENDS, 1.. their self-listeners; CH_ID = consistent
@@ -50,7 +49,7 @@ enum Kind {
 }
 
 struct Path {
-    name: &'static str,
+    name: String,
     prog: Prog,
     flags: u32,
     frame: Vec<u8>,
@@ -74,60 +73,45 @@ fn verdict_name(prog: Prog, code: u32) -> &'static str {
 fn paths() -> Vec<Path> {
     let client = sa("192.0.2.1:40000");
     let udp = |dst: &str| Builder::udp(client, sa(dst), &[0x55; 64]).build();
+    let (rr, ch, not_ours) = (udp(RR_BIND), udp(CH_BIND), udp("10.0.0.1:9999"));
     let mut arp = udp(RR_BIND);
     arp[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
     let keep = UF_G_KEEP_TTL;
     let mut v = Vec::new();
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let (tx, redirect) = match prog {
-            Prog::Xdp => (XDP_TX, XDP_REDIRECT),
-            Prog::Tc => (TC_ACT_OK, TC_ACT_REDIRECT),
+    for prog in PROGS {
+        let (tag, tx, redirect) = match prog {
+            Prog::Xdp => ("XDP", XDP_TX, XDP_REDIRECT),
+            Prog::Tc => ("TC", TC_ACT_OK, TC_ACT_REDIRECT),
         };
         let pass = prog.code(Verdict::Pass);
-        let p = |name, flags, frame: &Vec<u8>, verdict, kind| Path {
-            name,
+        let p = |what: &str, flags, frame: &Vec<u8>, verdict, kind| Path {
+            name: format!("{tag} {what}"),
             prog,
             flags,
             frame: frame.clone(),
             verdict,
             kind,
         };
-        let (not_ip, not_ours, rr, ch, hit, fib) = match prog {
-            Prog::Xdp => (
-                "XDP not IP (ARP): pass",
-                "XDP not for us (UDP, no listener): pass",
-                "XDP round-robin + rewrite (NO_FIB)",
-                "XDP consistent hash + rewrite (NO_FIB)",
-                "XDP round-robin, next-hop cache hit",
-                "XDP round-robin, bpf_fib_lookup every packet",
-            ),
-            Prog::Tc => (
-                "TC not IP (ARP): pass",
-                "TC not for us (UDP, no listener): pass",
-                "TC round-robin + rewrite (NO_FIB)",
-                "TC consistent hash + rewrite (NO_FIB)",
-                "TC round-robin, next-hop cache hit",
-                "TC round-robin, bpf_fib_lookup every packet",
-            ),
-        };
-        v.push(p(not_ip, keep, &arp, pass, Kind::Pass));
-        v.push(p(not_ours, keep, &udp("10.0.0.1:9999"), pass, Kind::Pass));
-        v.push(p(rr, UF_G_NO_FIB | keep, &udp(RR_BIND), tx, Kind::Forward));
-        v.push(p(ch, UF_G_NO_FIB | keep, &udp(CH_BIND), tx, Kind::Forward));
-        v.push(p(hit, keep, &udp(RR_BIND), redirect, Kind::Forward));
-        let no_cache = UF_G_NO_NEXTHOP_CACHE | keep;
-        v.push(p(fib, no_cache, &udp(RR_BIND), redirect, Kind::Forward));
+        let (no_fib, no_cache) = (UF_G_NO_FIB | keep, UF_G_NO_NEXTHOP_CACHE | keep);
+        let (fwd, ignored) = (Kind::Forward, Kind::Pass);
+        #[rustfmt::skip]
+        let rows = [
+            p("not IP (ARP): pass", keep, &arp, pass, ignored),
+            p("not for us (UDP, no listener): pass", keep, &not_ours, pass, ignored),
+            p("round-robin + rewrite (NO_FIB)", no_fib, &rr, tx, fwd),
+            p("consistent hash + rewrite (NO_FIB)", no_fib, &ch, tx, fwd),
+            p("round-robin, next-hop cache hit", keep, &rr, redirect, fwd),
+            p("round-robin, bpf_fib_lookup every packet", no_cache, &rr, redirect, fwd),
+        ];
+        v.extend(rows);
     }
     v
 }
 
 fn setup() -> Harness {
     let mut h = Harness::new();
-    sh("echo 1 > /proc/sys/net/ipv4/ip_forward \
-        && ip link add name uf0 type veth peer name uf1 \
-        && ip link set uf0 up && ip link set uf1 up \
-        && ip addr add 10.88.0.1/24 dev uf0 \
-        && ip neigh add 10.88.0.2 lladdr 02:aa:bb:cc:dd:02 dev uf0 nud permanent");
+    veth_uf0(None, "10.88.0.1/24");
+    sh("ip neigh add 10.88.0.2 lladdr 02:aa:bb:cc:dd:02 dev uf0 nud permanent");
     let eps = |list: &[&str]| endpoints(&list.iter().map(|a| (*a, 1)).collect::<Vec<_>>());
     let rr = Distribution::RoundRobin;
     let ch = Distribution::ConsistentHash;
@@ -147,7 +131,7 @@ fn setup() -> Harness {
 fn totals(h: &Harness) -> ListenerCounters {
     let mut t = ListenerCounters::default();
     for id in 0..LISTENERS {
-        let c = h.loaded.maps.listener_counters(id).unwrap();
+        let c = h.counters(id);
         t.rx_packets += c.rx_packets;
         t.fwd_packets += c.fwd_packets;
         t.passed += c.passed;
@@ -161,17 +145,10 @@ fn totals(h: &Harness) -> ListenerCounters {
 /// Runs one path with `repeat`; returns the kernel's mean ns per run after checking verdict,
 /// output and counters.
 fn measure(h: &mut Harness, path: &Path, repeat: u32) -> u64 {
-    h.maps()
-        .set_globals(path.flags, Duration::from_secs(3600), 0)
-        .unwrap();
+    h.globals(path.flags, Duration::from_secs(3600), 0);
     h.maps().clear_nexthops().unwrap();
     if path.flags & (UF_G_NO_FIB | UF_G_NO_NEXTHOP_CACHE) == 0 {
-        let hop = uf_nexthop {
-            ifindex: 2,
-            smac: [0x02, 0, 0, 0, 0, 0x01],
-            dmac: [0x02, 0, 0, 0, 0, 0x02],
-            expires_ns: u64::MAX,
-        };
+        let hop = nexthop(2, [0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]);
         h.maps()
             .insert_nexthop(sa("10.88.0.2:0").ip(), hop)
             .unwrap();

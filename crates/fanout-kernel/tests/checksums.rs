@@ -5,36 +5,19 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::packet::{self, Builder};
 use common::*;
-use fanout_core::select::Distribution;
 
 /// Many sources and payloads through both programs: every rewritten checksum verifies and
 /// equals a from-scratch computation.
 #[test]
 fn checksum_sweep() {
-    if !privileged("checksum_sweep") {
-        return;
-    }
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let mut h = Harness::new();
-        h.maps()
-            .set_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
-            .unwrap();
-        let set = h.listener(
-            0,
-            sa("10.0.0.1:5000"),
-            Distribution::RoundRobin,
-            endpoints(&[("10.200.30.40:9999", 1)]),
-            0,
-        );
-        let set6 = h.listener(
+    for_each_prog("checksum_sweep", |prog, h| {
+        let set = h.single(0, sa("10.0.0.1:5000"), "10.200.30.40:9999", 0);
+        let set6 = h.single(
             1,
             sa("[2001:db8::1]:5000"),
-            Distribution::RoundRobin,
-            endpoints(&[("[2001:db8:abcd::ef01]:65535", 1)]),
+            "[2001:db8:abcd::ef01]:65535",
             10,
         );
         let mut ffff = 0;
@@ -60,7 +43,7 @@ fn checksum_sweep() {
             }
         }
         eprintln!("{prog:?}: 3000 checksums verified ({ffff} came out as 0xffff)");
-    }
+    });
 }
 
 /// A payload for `b` whose UDP checksum, computed for destination `dst`, is 0 before the
@@ -87,57 +70,31 @@ fn zero_sum_payload(b: &Builder, dst: std::net::SocketAddr) -> Vec<u8> {
 /// (a computed zero) must be updated like any other value.
 #[test]
 fn zero_checksum_results_are_sent_as_ffff() {
-    if !privileged("zero_checksum_results_are_sent_as_ffff") {
-        return;
-    }
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let mut h = Harness::new();
-        h.maps()
-            .set_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
-            .unwrap();
-        for (id, (client, bind, backend)) in [
-            ("192.0.2.77:4321", "10.0.0.1:5000", "10.9.8.7:6543"),
-            (
-                "[2001:db8::77]:4321",
-                "[2001:db8::1]:5000",
-                "[2001:db8:9::7]:6543",
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let id = id as u32;
-            h.listener(
-                id,
-                sa(bind),
-                Distribution::RoundRobin,
-                endpoints(&[(backend, 1)]),
-                id * 10,
-            );
+    for_each_prog("zero_checksum_results_are_sent_as_ffff", |prog, h| {
+        let v4 = ("192.0.2.77:4321", "10.0.0.1:5000", "10.9.8.7:6543");
+        let v6 = (
+            "[2001:db8::77]:4321",
+            "[2001:db8::1]:5000",
+            "[2001:db8:9::7]:6543",
+        );
+        for (id, (client, bind, backend)) in (0u32..).zip([v4, v6]) {
+            h.single(id, sa(bind), backend, id * 10);
             let base = Builder::udp(sa(client), sa(bind), &[0x42; 16]);
-            // Output computes to zero.
-            let b = Builder {
-                payload: zero_sum_payload(&base, sa(backend)),
-                ..base.clone()
-            };
-            let want = b.redirected(sa(backend), 63).build();
-            assert_eq!(packet::parse(&want).unwrap().udp_check, 0xffff);
-            let r = h.run(prog, &b.build());
-            assert_eq!(r.out, want, "{prog:?} {client}: output sum zero");
-            packet::check_checksums(&r.out).unwrap();
-            // Input carries 0xffff.
-            let b = Builder {
-                payload: zero_sum_payload(&base, sa(bind)),
-                ..base.clone()
-            };
-            assert_eq!(packet::parse(&b.build()).unwrap().udp_check, 0xffff);
-            let r = h.run(prog, &b.build());
-            assert_eq!(
-                r.out,
-                b.redirected(sa(backend), 63).build(),
-                "{prog:?} {client}: input 0xffff"
-            );
-            packet::check_checksums(&r.out).unwrap();
+            // The zero sum is made for the output (summed with the downstream's address) or
+            // for the input (with the listener's).
+            for (output, what) in [(true, "output sum zero"), (false, "input 0xffff")] {
+                let zero_for = sa(if output { backend } else { bind });
+                let b = Builder {
+                    payload: zero_sum_payload(&base, zero_for),
+                    ..base.clone()
+                };
+                let (frame, want) = (b.build(), b.redirected(sa(backend), 63).build());
+                let ffff = packet::parse(if output { &want } else { &frame }).unwrap();
+                assert_eq!(ffff.udp_check, 0xffff, "{client}: {what}");
+                let r = h.run(prog, &frame);
+                assert_eq!(r.out, want, "{prog:?} {client}: {what}");
+                packet::check_checksums(&r.out).unwrap();
+            }
         }
-    }
+    });
 }

@@ -14,28 +14,27 @@ use std::time::Duration;
 
 use common::packet::{self, Builder, ETH_P_8021Q};
 use common::*;
-use fanout_core::select::Distribution;
-use fanout_kernel::bindings::uf_nexthop;
 
 const UF0_MAC: [u8; 6] = [0x02, 0, 0, 0x88, 0, 1];
 const NEIGH4_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x04];
+/// What 10.88.0.2 changes to in `next_hop_cache_is_used_while_valid`.
+const NEIGH4_NEW_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x44];
 const NEIGH6_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x06];
 
 /// Forwarding on, uf0 (veth) with 10.88.0.1/24 and 2001:db8:88::1/64, permanent neighbours
 /// .2 / ::2, and routes that refuse.
 fn routed() -> u32 {
-    sh("echo 1 > /proc/sys/net/ipv4/ip_forward \
-        && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding \
-        && ip link add name uf0 type veth peer name uf1 \
-        && ip link set uf0 address 02:00:00:88:00:01 && ip link set uf0 up && ip link set uf1 up \
-        && ip addr add 10.88.0.1/24 dev uf0 \
-        && ip neigh add 10.88.0.2 lladdr 02:aa:bb:cc:dd:04 dev uf0 nud permanent \
+    sh("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
+    let uf0 = veth_uf0(Some("02:00:00:88:00:01"), "10.88.0.1/24");
+    sh(
+        "ip neigh add 10.88.0.2 lladdr 02:aa:bb:cc:dd:04 dev uf0 nud permanent \
         && ip -6 addr add 2001:db8:88::1/64 dev uf0 nodad \
         && ip -6 neigh add 2001:db8:88::2 lladdr 02:aa:bb:cc:dd:06 dev uf0 nud permanent \
         && ip route add blackhole 10.99.0.0/16 \
         && ip route add unreachable 10.98.0.0/16 \
-        && ip route add prohibit 10.97.0.0/16");
-    nix::net::if_::if_nametoindex("uf0").unwrap()
+        && ip route add prohibit 10.97.0.0/16",
+    );
+    uf0
 }
 
 /// One listener per downstream: 10.0.0.1:(7000 + id) / [2001:db8::1]:(7000 + id).
@@ -46,13 +45,7 @@ fn listen(h: &mut Harness, id: u32, backend: &str) -> Builder {
     } else {
         sa(&format!("10.0.0.1:{}", 7000 + id))
     };
-    h.listener(
-        id,
-        bind,
-        Distribution::RoundRobin,
-        endpoints(&[(backend, 1)]),
-        id,
-    );
+    h.single(id, bind, backend, id);
     let client = if v6 {
         sa("[2001:db8:c::1]:3333")
     } else {
@@ -61,18 +54,33 @@ fn listen(h: &mut Harness, id: u32, backend: &str) -> Builder {
     Builder::udp(client, bind, b"route me")
 }
 
-struct Expect {
-    backend: &'static str,
-    xdp: u32,
-    tc: u32,
-    /// TTL of the output (64 in): 63 when the program transmits, 64 when the kernel forwards.
-    ttl_xdp: u8,
-    ttl_tc: u8,
-    /// Ethernet addresses written (dst, src), for transmitted frames.
-    macs: Option<([u8; 6], [u8; 6])>,
-    /// (fwd, passed, send_error) per program run.
-    xdp_counts: (u64, u64, u64),
-    tc_counts: (u64, u64, u64),
+/// What a program does with a datagram (TTL 64) for a downstream, by the route it finds.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Rewritten (TTL 63) and redirected.
+    Redirect,
+    /// Rewritten, TTL kept, and handed to the kernel's forwarding (which decrements it).
+    KernelForwards,
+    /// Rewritten, TTL kept, and left to the kernel, which delivers locally.
+    Local,
+    /// Dropped as a send error.
+    Refused,
+}
+
+impl Route {
+    /// (verdict, TTL of the output, (fwd, passed, send_error) counted).
+    fn expect(self, prog: Prog) -> (u32, u8, (u64, u64, u64)) {
+        let redirect = match prog {
+            Prog::Xdp => XDP_REDIRECT,
+            Prog::Tc => TC_ACT_REDIRECT,
+        };
+        match self {
+            Route::Redirect => (redirect, 63, (1, 0, 0)),
+            Route::KernelForwards => (prog.code(Verdict::Pass), 64, (1, 1, 0)),
+            Route::Local => (prog.code(Verdict::Pass), 64, (1, 0, 0)),
+            Route::Refused => (prog.code(Verdict::Drop), 64, (0, 0, 1)),
+        }
+    }
 }
 
 #[test]
@@ -80,123 +88,44 @@ fn route_outcomes() {
     if !privileged("route_outcomes") {
         return;
     }
-    let none = (0, 0, 1);
+    use Route::*;
+    let (via4, via6) = (Some((NEIGH4_MAC, UF0_MAC)), Some((NEIGH6_MAC, UF0_MAC)));
+    // (downstream, XDP, TC, the Ethernet addresses (dst, src) written into transmitted frames).
     let cases = [
         // SUCCESS: next hop known.
-        Expect {
-            backend: "10.88.0.2:9000",
-            xdp: XDP_REDIRECT,
-            tc: TC_ACT_REDIRECT,
-            ttl_xdp: 63,
-            ttl_tc: 63,
-            macs: Some((NEIGH4_MAC, UF0_MAC)),
-            xdp_counts: (1, 0, 0),
-            tc_counts: (1, 0, 0),
-        },
-        Expect {
-            backend: "[2001:db8:88::2]:9000",
-            xdp: XDP_REDIRECT,
-            tc: TC_ACT_REDIRECT,
-            ttl_xdp: 63,
-            ttl_tc: 63,
-            macs: Some((NEIGH6_MAC, UF0_MAC)),
-            xdp_counts: (1, 0, 0),
-            tc_counts: (1, 0, 0),
-        },
+        ("10.88.0.2:9000", Redirect, Redirect, via4),
+        ("[2001:db8:88::2]:9000", Redirect, Redirect, via6),
         // NO_NEIGH: XDP hands the rewritten packet to the kernel's forwarding (which resolves
         // the neighbour and decrements the TTL); TC uses bpf_redirect_neigh.
-        Expect {
-            backend: "10.88.0.3:9000",
-            xdp: XDP_PASS,
-            tc: TC_ACT_REDIRECT,
-            ttl_xdp: 64,
-            ttl_tc: 63,
-            macs: None,
-            xdp_counts: (1, 1, 0),
-            tc_counts: (1, 0, 0),
-        },
-        Expect {
-            backend: "[2001:db8:88::3]:9000",
-            xdp: XDP_PASS,
-            tc: TC_ACT_REDIRECT,
-            ttl_xdp: 64,
-            ttl_tc: 63,
-            macs: None,
-            xdp_counts: (1, 1, 0),
-            tc_counts: (1, 0, 0),
-        },
+        ("10.88.0.3:9000", KernelForwards, Redirect, None),
+        ("[2001:db8:88::3]:9000", KernelForwards, Redirect, None),
         // NOT_FWDED: the downstream is local; the kernel delivers.
-        Expect {
-            backend: "10.88.0.1:9000",
-            xdp: XDP_PASS,
-            tc: TC_ACT_OK,
-            ttl_xdp: 64,
-            ttl_tc: 64,
-            macs: None,
-            xdp_counts: (1, 0, 0),
-            tc_counts: (1, 0, 0),
-        },
+        ("10.88.0.1:9000", Local, Local, None),
         // Refused by the routing table.
-        Expect {
-            backend: "10.99.0.1:9000",
-            xdp: XDP_DROP,
-            tc: TC_ACT_SHOT,
-            ttl_xdp: 64,
-            ttl_tc: 64,
-            macs: None,
-            xdp_counts: none,
-            tc_counts: none,
-        },
-        Expect {
-            backend: "10.98.0.1:9000",
-            xdp: XDP_DROP,
-            tc: TC_ACT_SHOT,
-            ttl_xdp: 64,
-            ttl_tc: 64,
-            macs: None,
-            xdp_counts: none,
-            tc_counts: none,
-        },
-        Expect {
-            backend: "10.97.0.1:9000",
-            xdp: XDP_DROP,
-            tc: TC_ACT_SHOT,
-            ttl_xdp: 64,
-            ttl_tc: 64,
-            macs: None,
-            xdp_counts: none,
-            tc_counts: none,
-        },
+        ("10.99.0.1:9000", Refused, Refused, None),
+        ("10.98.0.1:9000", Refused, Refused, None),
+        ("10.97.0.1:9000", Refused, Refused, None),
     ];
     for cache in [false, true] {
-        let mut h = Harness::new();
-        routed();
         let flags = if cache { 0 } else { UF_G_NO_NEXTHOP_CACHE };
-        h.maps()
-            .set_globals(flags, Duration::from_secs(60), 0)
-            .unwrap();
-        for (id, e) in cases.iter().enumerate() {
-            let b = listen(&mut h, id as u32, e.backend);
-            for (prog, code, ttl, counts) in [
-                (Prog::Xdp, e.xdp, e.ttl_xdp, e.xdp_counts),
-                (Prog::Tc, e.tc, e.ttl_tc, e.tc_counts),
-            ] {
-                let ctx = format!("{prog:?} to {} (cache {cache})", e.backend);
-                let before = h.maps().listener_counters(id as u32).unwrap();
+        let mut h = Harness::with_globals(flags, Duration::from_secs(60), 0);
+        routed();
+        for (id, (backend, xdp, tc, macs)) in (0u32..).zip(cases) {
+            let b = listen(&mut h, id, backend);
+            for (prog, route) in [(Prog::Xdp, xdp), (Prog::Tc, tc)] {
+                let (code, ttl, counts) = route.expect(prog);
+                let ctx = format!("{prog:?} to {backend} (cache {cache})");
+                let (fwd, passed, failed) = h.outcomes(id);
                 let r = h.run(prog, &b.build());
                 assert_eq!(r.code, code, "{ctx}: verdict");
-                let c = h.maps().listener_counters(id as u32).unwrap();
-                let got = (
-                    c.fwd_packets - before.fwd_packets,
-                    c.passed - before.passed,
-                    c.drops[DROP_SEND_ERROR] - before.drops[DROP_SEND_ERROR],
-                );
+                let (f, p, e) = h.outcomes(id);
+                let got = (f - fwd, p - passed, e - failed);
                 assert_eq!(got, counts, "{ctx}: (fwd, passed, send_error)");
                 if counts.0 == 0 {
                     continue;
                 }
-                let mut want = b.redirected(sa(e.backend), ttl);
-                if let Some((dst, src)) = e.macs {
+                let mut want = b.redirected(sa(backend), ttl);
+                if let Some((dst, src)) = macs {
                     (want.eth_dst, want.eth_src) = (dst, src);
                 }
                 assert_eq!(r.out, want.build(), "{ctx}: output");
@@ -214,9 +143,8 @@ fn next_hop_cache_is_used_while_valid() {
     if !privileged("next_hop_cache_is_used_while_valid") {
         return;
     }
-    let mut h = Harness::new();
+    let mut h = Harness::with_globals(0, Duration::from_secs(60), 0);
     let uf0 = routed();
-    h.maps().set_globals(0, Duration::from_secs(60), 0).unwrap();
     let b = listen(&mut h, 0, "10.88.0.2:9000");
     let frame = b.build();
     let eth_dst = |out: &[u8]| packet::parse(out).unwrap().eth_dst;
@@ -237,21 +165,12 @@ fn next_hop_cache_is_used_while_valid() {
     );
     h.maps().clear_nexthops().unwrap();
     let r = h.run(Prog::Xdp, &frame);
-    assert_eq!(
-        eth_dst(&r.out),
-        [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x44],
-        "looked up again"
-    );
+    assert_eq!(eth_dst(&r.out), NEIGH4_NEW_MAC, "looked up again");
 
     // Entries of our own making: ingress interface (lo in a test run) gives XDP_TX, another
     // one XDP_REDIRECT, an expired one is ignored.
     let ip = sa("10.88.0.2:1").ip();
-    let mut hop = uf_nexthop {
-        ifindex: 1,
-        smac: [2, 0, 0, 0, 0, 0x51],
-        dmac: [2, 0, 0, 0, 0, 0x52],
-        expires_ns: u64::MAX,
-    };
+    let mut hop = nexthop(1, [2, 0, 0, 0, 0, 0x51], [2, 0, 0, 0, 0, 0x52]);
     h.maps().insert_nexthop(ip, hop).unwrap();
     let r = h.run(Prog::Xdp, &frame);
     assert_eq!((r.code, eth_dst(&r.out)), (XDP_TX, hop.dmac), "hairpin");
@@ -261,31 +180,40 @@ fn next_hop_cache_is_used_while_valid() {
     hop.expires_ns = 1;
     h.maps().insert_nexthop(ip, hop).unwrap();
     let r = h.run(Prog::Xdp, &frame);
-    assert_eq!(
-        eth_dst(&r.out),
-        [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x44],
-        "expired: lookup"
-    );
+    assert_eq!(eth_dst(&r.out), NEIGH4_NEW_MAC, "expired: lookup");
     assert_eq!(h.maps().nexthops()[0].1.ifindex, uf0, "refilled");
 
     // Disabled: neither used nor filled.
     h.maps().clear_nexthops().unwrap();
-    h.maps()
-        .set_globals(UF_G_NO_NEXTHOP_CACHE, Duration::from_secs(60), 0)
-        .unwrap();
+    h.globals(UF_G_NO_NEXTHOP_CACHE, Duration::from_secs(60), 0);
     hop.expires_ns = u64::MAX;
     hop.ifindex = 1;
     h.maps().insert_nexthop(ip, hop).unwrap();
     let r = h.run(Prog::Xdp, &frame);
-    assert_eq!(
-        (r.code, eth_dst(&r.out)),
-        (XDP_REDIRECT, [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x44])
-    );
+    assert_eq!((r.code, eth_dst(&r.out)), (XDP_REDIRECT, NEIGH4_NEW_MAC));
     // A zero lifetime fills nothing either.
     h.maps().clear_nexthops().unwrap();
-    h.maps().set_globals(0, Duration::ZERO, 0).unwrap();
+    h.globals(0, Duration::ZERO, 0);
     h.run(Prog::Xdp, &frame);
     assert!(h.maps().nexthops().is_empty());
+}
+
+/// Both programs give `b` (listener 0, downstream 10.88.0.2:9000), rewritten with its TTL kept,
+/// to the kernel; each counts it as forwarded and passed.
+fn handed_to_the_kernel(h: &Harness, b: &Builder, why: &str) {
+    for prog in PROGS {
+        let r = h.run(prog, &b.build());
+        let documented = match prog {
+            Prog::Xdp => [XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.code),
+            Prog::Tc => [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&r.code),
+        };
+        assert!(documented, "{prog:?}: verdict {}", r.code);
+        assert_eq!(r.code, prog.code(Verdict::Pass), "{prog:?}: {why}");
+        let want = b.redirected(sa("10.88.0.2:9000"), 64).build();
+        assert_eq!(r.out, want, "{prog:?}: {why}");
+    }
+    let c = h.counters(0);
+    assert_eq!((c.fwd_packets, c.passed), (2, 2), "{why}");
 }
 
 /// A namespace as a test run finds it (loopback only, forwarding off): whatever the kernel
@@ -296,27 +224,9 @@ fn route_lookup_in_an_empty_namespace() {
     if !privileged("route_lookup_in_an_empty_namespace") {
         return;
     }
-    let mut h = Harness::new();
-    h.maps()
-        .set_globals(UF_G_NO_NEXTHOP_CACHE, Duration::from_secs(60), 0)
-        .unwrap();
+    let mut h = Harness::with_globals(UF_G_NO_NEXTHOP_CACHE, Duration::from_secs(60), 0);
     let b = listen(&mut h, 0, "10.88.0.2:9000");
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let r = h.run(prog, &b.build());
-        let documented = match prog {
-            Prog::Xdp => [XDP_PASS, XDP_DROP, XDP_TX, XDP_REDIRECT].contains(&r.code),
-            Prog::Tc => [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&r.code),
-        };
-        assert!(documented, "{prog:?}: verdict {}", r.code);
-        assert_eq!(
-            r.code,
-            prog.code(Verdict::Pass),
-            "{prog:?}: FWD_DISABLED goes to the kernel"
-        );
-        assert_eq!(r.out, b.redirected(sa("10.88.0.2:9000"), 64).build());
-    }
-    let c = h.maps().listener_counters(0).unwrap();
-    assert_eq!((c.fwd_packets, c.passed), (2, 2));
+    handed_to_the_kernel(&h, &b, "FWD_DISABLED goes to the kernel");
 }
 
 /// VLAN-tagged frames are rewritten but never redirected by the programs: the kernel knows
@@ -326,21 +236,10 @@ fn tagged_frames_go_through_the_kernel() {
     if !privileged("tagged_frames_go_through_the_kernel") {
         return;
     }
-    let mut h = Harness::new();
+    let mut h = Harness::with_globals(0, Duration::from_secs(60), 0);
     routed();
-    h.maps().set_globals(0, Duration::from_secs(60), 0).unwrap();
     let b = listen(&mut h, 0, "10.88.0.2:9000").vlan(ETH_P_8021Q, 42);
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let r = h.run(prog, &b.build());
-        assert_eq!(r.code, prog.code(Verdict::Pass), "{prog:?}");
-        assert_eq!(
-            r.out,
-            b.redirected(sa("10.88.0.2:9000"), 64).build(),
-            "{prog:?}"
-        );
-    }
-    let c = h.maps().listener_counters(0).unwrap();
-    assert_eq!((c.fwd_packets, c.passed), (2, 2));
+    handed_to_the_kernel(&h, &b, "tagged");
     assert!(
         h.maps().nexthops().is_empty(),
         "no lookup for tagged frames"

@@ -16,7 +16,6 @@ mod common;
 mod table;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::packet;
 use common::*;
@@ -41,10 +40,7 @@ fn rx(exp: &mut Expected, id: u32, bytes: u64) -> &mut ListenerCounters {
 }
 
 fn run_table(prog: Prog) {
-    let mut h = Harness::new();
-    h.maps()
-        .set_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
-        .unwrap();
+    let mut h = Harness::no_fib();
     let mut model: BTreeMap<u32, (BackendSet, usize)> = BTreeMap::new();
     for (id, bind, dist, eps) in listeners() {
         let set = h.listener(id, sa(bind), dist, endpoints(&eps), stats_base(id));
@@ -110,7 +106,7 @@ fn run_table(prog: Prog) {
         }
     }
     for (id, ..) in listeners() {
-        let got = h.maps().listener_counters(id).unwrap();
+        let got = h.counters(id);
         let want = exp.listeners.get(&id).copied().unwrap_or_default();
         assert_eq!(got, want, "{prog:?}: counters of listener {id}");
         for i in 0..10 {
@@ -137,20 +133,33 @@ fn tc_fixtures() {
     }
 }
 
+/// One step of `listener_ports_follow_add_and_remove`.
+enum Change {
+    /// Listener (id, bind) with its one downstream.
+    Add(u32, &'static str, &'static str),
+    Remove(&'static str),
+}
+
+/// After a change: (datagram to, the downstream it is sent to or None if left alone, why).
+type Check = (&'static str, Option<&'static str>, &'static str);
+
 /// uf_ports follows listeners being added and removed: several listeners on a port, one
 /// (exact or unspecified address), none.
 #[test]
 fn listener_ports_follow_add_and_remove() {
-    if !privileged("listener_ports_follow_add_and_remove") {
-        return;
-    }
-    use fanout_core::select::Distribution::RoundRobin;
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let mut h = Harness::new();
-        h.maps()
-            .set_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
-            .unwrap();
-        let (one, two, any) = (sa("10.0.0.1:5000"), sa("10.0.0.2:5000"), sa("0.0.0.0:5000"));
+    use Change::{Add, Remove};
+    let (one, two, any) = ("10.0.0.1:5000", "10.0.0.2:5000", "0.0.0.0:5000");
+    let (d1, d2, d3) = (Some("10.1.0.1:1"), Some("10.2.0.1:2"), Some("10.3.0.1:3"));
+    #[rustfmt::skip]
+    let steps: [(Change, &[Check]); 6] = [
+        (Add(0, one, "10.1.0.1:1"), &[(one, d1, "one"), (two, None, "one, other address")]),
+        (Add(1, two, "10.2.0.1:2"), &[(one, d1, "two"), (two, d2, "two")]),
+        (Remove(two), &[(two, None, "removed"), (one, d1, "kept")]),
+        (Add(2, any, "10.3.0.1:3"), &[(one, d1, "exact first"), (two, d3, "wildcard")]),
+        (Remove(one), &[(one, d3, "wildcard only")]),
+        (Remove(any), &[(one, None, "none"), ("[2001:db8::1]:5000", None, "other family")]),
+    ];
+    for_each_prog("listener_ports_follow_add_and_remove", |prog, h| {
         let to = |h: &Harness, dst: &str| {
             let dst = sa(dst);
             let src = if dst.is_ipv4() {
@@ -167,54 +176,16 @@ fn listener_ports_follow_add_and_remove() {
                 Some(packet::parse(&r.out).unwrap().dst)
             }
         };
-        h.listener(0, one, RoundRobin, endpoints(&[("10.1.0.1:1", 1)]), 0);
-        assert_eq!(
-            to(&h, "10.0.0.1:5000"),
-            Some(sa("10.1.0.1:1")),
-            "{prog:?}: one"
-        );
-        assert_eq!(
-            to(&h, "10.0.0.2:5000"),
-            None,
-            "{prog:?}: one, other address"
-        );
-        h.listener(1, two, RoundRobin, endpoints(&[("10.2.0.1:2", 1)]), 10);
-        assert_eq!(
-            to(&h, "10.0.0.1:5000"),
-            Some(sa("10.1.0.1:1")),
-            "{prog:?}: two"
-        );
-        assert_eq!(
-            to(&h, "10.0.0.2:5000"),
-            Some(sa("10.2.0.1:2")),
-            "{prog:?}: two"
-        );
-        h.maps().remove_listener(two).unwrap();
-        assert_eq!(to(&h, "10.0.0.2:5000"), None, "{prog:?}: removed");
-        assert_eq!(
-            to(&h, "10.0.0.1:5000"),
-            Some(sa("10.1.0.1:1")),
-            "{prog:?}: kept"
-        );
-        h.listener(2, any, RoundRobin, endpoints(&[("10.3.0.1:3", 1)]), 20);
-        assert_eq!(
-            to(&h, "10.0.0.1:5000"),
-            Some(sa("10.1.0.1:1")),
-            "{prog:?}: exact first"
-        );
-        assert_eq!(
-            to(&h, "10.0.0.2:5000"),
-            Some(sa("10.3.0.1:3")),
-            "{prog:?}: wildcard"
-        );
-        h.maps().remove_listener(one).unwrap();
-        assert_eq!(
-            to(&h, "10.0.0.1:5000"),
-            Some(sa("10.3.0.1:3")),
-            "{prog:?}: wildcard only"
-        );
-        h.maps().remove_listener(any).unwrap();
-        assert_eq!(to(&h, "10.0.0.1:5000"), None, "{prog:?}: none");
-        assert_eq!(to(&h, "[2001:db8::1]:5000"), None, "{prog:?}: other family");
-    }
+        for (change, checks) in &steps {
+            match *change {
+                Add(id, bind, backend) => {
+                    h.single(id, sa(bind), backend, id * 10);
+                }
+                Remove(bind) => h.maps().remove_listener(sa(bind)).unwrap(),
+            }
+            for &(dst, want, what) in *checks {
+                assert_eq!(to(h, dst), want.map(sa), "{prog:?}: {what}");
+            }
+        }
+    });
 }

@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::packet::{self, Builder};
 use common::*;
@@ -45,14 +44,7 @@ fn client(i: u32, v6: bool) -> SocketAddr {
 
 #[test]
 fn consistent_hash_matches_userspace() {
-    if !privileged("consistent_hash_matches_userspace") {
-        return;
-    }
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let mut h = Harness::new();
-        h.maps()
-            .set_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
-            .unwrap();
+    for_each_prog("consistent_hash_matches_userspace", |prog, h| {
         let eps4 = [
             ("172.16.0.1:53", 1),
             ("172.16.0.2:53", 2),
@@ -90,7 +82,7 @@ fn consistent_hash_matches_userspace() {
         }
         assert_eq!(cursor, 0, "consistent hash must not move the cursor");
         assert_eq!(per_backend.len(), 10, "every downstream got flows");
-        let c = h.maps().listener_counters(0).unwrap();
+        let c = h.counters(0);
         assert_eq!(
             (c.rx_packets, c.fwd_packets),
             (V4_FLOWS.into(), V4_FLOWS.into())
@@ -99,19 +91,12 @@ fn consistent_hash_matches_userspace() {
             "{prog:?}: {} flows agree with userspace; spread {per_backend:?}",
             V4_FLOWS + V6_FLOWS
         );
-    }
+    });
 }
 
 #[test]
 fn write_set_flips_the_choice_between_packets() {
-    if !privileged("write_set_flips_the_choice_between_packets") {
-        return;
-    }
-    for prog in [Prog::Xdp, Prog::Tc] {
-        let mut h = Harness::new();
-        h.maps()
-            .set_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
-            .unwrap();
+    for_each_prog("write_set_flips_the_choice_between_packets", |prog, h| {
         let listener = sa("192.0.2.1:9000");
         let c = sa("198.51.100.7:5555");
         let frame = Builder::udp(c, listener, b"flip").build();
@@ -124,29 +109,29 @@ fn write_set_flips_the_choice_between_packets() {
         let dist = Distribution::ConsistentHash;
         let set_a = h.listener(0, listener, dist, a.clone(), 0);
         let want_a = picked(&set_a, c, &mut 0);
-        assert_eq!(dst(&h), want_a, "{prog:?}: set A");
+        assert_eq!(dst(h), want_a, "{prog:?}: set A");
         let set_b = BackendSet::new(dist, b, DEFAULT_TABLE_SIZE);
         h.maps().write_set(0, &set_b, &[3, 4]).unwrap();
         assert_eq!(
-            dst(&h),
+            dst(h),
             picked(&set_b, c, &mut 0),
             "{prog:?}: after flip to B"
         );
         h.maps().write_set(0, &set_a, &[0, 1, 2]).unwrap();
-        assert_eq!(dst(&h), want_a, "{prog:?}: after flip back to A");
+        assert_eq!(dst(h), want_a, "{prog:?}: after flip back to A");
 
-        // Round-robin: a one-downstream set, then another one; the cursor (past the end of
+        // Round-robin: three downstreams, then a set of one; the cursor (past the end of
         // the new, shorter cycle or not) never leaves the new set.
         let rr = Distribution::RoundRobin;
         let three = endpoints(&[("10.30.0.1:1", 1), ("10.30.0.2:1", 1), ("10.30.0.3:1", 1)]);
         h.listener(0, listener, rr, three, 0);
         for _ in 0..2 {
-            dst(&h);
+            dst(h);
         }
         let one = BackendSet::new(rr, endpoints(&[("10.40.0.1:4", 1)]), DEFAULT_TABLE_SIZE);
         h.maps().write_set(0, &one, &[5]).unwrap();
         for _ in 0..3 {
-            assert_eq!(dst(&h), sa("10.40.0.1:4"), "{prog:?}: after flip to one");
+            assert_eq!(dst(h), sa("10.40.0.1:4"), "{prog:?}: after flip to one");
         }
         // An empty set: no downstream.
         h.maps().write_set(0, &BackendSet::empty(rr), &[]).unwrap();
@@ -156,7 +141,7 @@ fn write_set_flips_the_choice_between_packets() {
             prog.code(Verdict::Drop),
             "{prog:?}: empty set drops"
         );
-        let counters = h.maps().listener_counters(0).unwrap();
+        let counters = h.counters(0);
         assert_eq!(counters.drops[DROP_NO_DOWNSTREAM], 1);
-    }
+    });
 }

@@ -26,7 +26,7 @@ fn test_run_refuses_frames_shorter_than_ethernet() {
         return;
     }
     let h = Harness::new();
-    for prog in [Prog::Xdp, Prog::Tc] {
+    for prog in PROGS {
         assert!(h.try_run(prog, &[0u8; 13]).is_err(), "{prog:?}");
         assert!(h.try_run(prog, &[0u8; 14]).is_ok(), "{prog:?}");
     }
@@ -42,23 +42,13 @@ fn test_run_frame_size_limits() {
     if !privileged("test_run_frame_size_limits") {
         return;
     }
-    let mut h = Harness::new();
-    h.maps()
-        .set_globals(UF_G_NO_FIB, std::time::Duration::from_secs(1), 0)
-        .unwrap();
+    let mut h = Harness::no_fib();
     let bind = sa("10.0.0.1:5000");
-    let eps = endpoints(&[("10.1.0.1:6001", 1)]);
-    h.listener(
-        0,
-        bind,
-        fanout_core::select::Distribution::RoundRobin,
-        eps,
-        0,
-    );
+    h.single(0, bind, "10.1.0.1:6001", 0);
     let frame = |total: usize| {
         common::packet::Builder::udp(sa("192.0.2.1:1"), bind, &vec![7; total - 42]).build()
     };
-    for prog in [Prog::Xdp, Prog::Tc] {
+    for prog in PROGS {
         let r = h.run(prog, &frame(prog.max_frame()));
         assert_eq!(
             r.code,
@@ -72,6 +62,6 @@ fn test_run_frame_size_limits() {
     );
     let r = h.run(Prog::Xdp, &frame(Prog::Xdp.max_frame() + 1));
     assert_eq!(r.code, XDP_DROP, "XDP: datagram beyond the linear buffer");
-    let c = h.maps().listener_counters(0).unwrap();
+    let c = h.counters(0);
     assert_eq!((c.fwd_packets, c.drops[DROP_MALFORMED]), (2, 1));
 }

@@ -36,10 +36,7 @@ const PACKET_OTHERHOST: u8 = 3;
 const PACKET_OUTGOING: u8 = 4;
 
 fn setup(flags: u32, bypass: u32) -> Harness {
-    let mut h = Harness::new();
-    h.maps()
-        .set_globals(flags, Duration::from_secs(60), bypass)
-        .unwrap();
+    let mut h = Harness::with_globals(flags, Duration::from_secs(60), bypass);
     let eps: Vec<(&str, u32)> = TARGETS.iter().map(|t| (*t, 1)).collect();
     h.listener(0, sa(LISTENER), Distribution::Mirror, endpoints(&eps), 0);
     h
@@ -50,12 +47,7 @@ fn datagram() -> Builder {
 }
 
 fn hop(ifindex: u32, n: u8) -> uf_nexthop {
-    uf_nexthop {
-        ifindex,
-        smac: [0x02, 0xee, 0, 0, 0, n],
-        dmac: [0x02, 0xdd, 0, 0, 0, n],
-        expires_ns: u64::MAX,
-    }
+    nexthop(ifindex, [0x02, 0xee, 0, 0, 0, n], [0x02, 0xdd, 0, 0, 0, n])
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -83,6 +75,36 @@ fn captured(fd: &OwnedFd) -> Vec<(u8, Vec<u8>)> {
     v
 }
 
+/// The captured frames whose packet type `keep` accepts.
+fn of_type(frames: &[(u8, Vec<u8>)], keep: impl Fn(u8) -> bool) -> Vec<&[u8]> {
+    frames
+        .iter()
+        .filter(|(t, _)| keep(*t))
+        .map(|(_, f)| f.as_slice())
+        .collect()
+}
+
+/// Mirror set-up with every target's next hop cached on `ifindex` (its MACs numbered as the
+/// target).
+fn cached_on(ifindex: u32) -> Harness {
+    let mut h = setup(0, BYPASS);
+    for (i, t) in TARGETS.iter().enumerate() {
+        h.maps()
+            .insert_nexthop(ip(t), hop(ifindex, i as u8))
+            .unwrap();
+    }
+    h
+}
+
+/// Runs the datagram through TC: the last copy is redirected, the clones before it fail.
+fn only_the_last_copy_leaves(h: &Harness) -> Run {
+    let r = h.run(Prog::Tc, &datagram().build());
+    assert_eq!(r.code, TC_ACT_REDIRECT);
+    let c = h.counters(0);
+    assert_eq!((c.fwd_packets, c.drops[DROP_SEND_ERROR]), (1, 2));
+    r
+}
+
 fn assert_copy(frame: &[u8], to: &str, n: u8) {
     let p = packet::parse(frame).unwrap();
     assert_eq!(p.dst, sa(to));
@@ -107,7 +129,7 @@ fn mirror_in_test_mode_rewrites_once_per_target() {
         b.redirected(sa(TARGETS[2]), 63).build(),
         "last target"
     );
-    let c = h.maps().listener_counters(0).unwrap();
+    let c = h.counters(0);
     assert_eq!((c.rx_packets, c.fwd_packets, c.fwd_bytes), (1, 3, 27));
     for sid in 0..3 {
         assert_eq!(h.maps().endpoint_counters(sid).unwrap(), (1, 9));
@@ -115,7 +137,7 @@ fn mirror_in_test_mode_rewrites_once_per_target() {
     // XDP cannot mirror: it leaves such datagrams alone and counts nothing.
     let r = h.run(Prog::Xdp, &b.build());
     assert_eq!((r.code, r.out), (XDP_PASS, b.build()));
-    assert_eq!(h.maps().listener_counters(0).unwrap().rx_packets, 1);
+    assert_eq!(h.counters(0).rx_packets, 1);
 }
 
 #[test]
@@ -123,10 +145,7 @@ fn mirror_clones_to_cached_next_hops() {
     if !privileged("mirror_clones_to_cached_next_hops") {
         return;
     }
-    let mut h = setup(0, BYPASS);
-    for (i, t) in TARGETS.iter().enumerate() {
-        h.maps().insert_nexthop(ip(t), hop(1, i as u8)).unwrap();
-    }
+    let h = cached_on(1);
     let cap = capture();
     let r = h.run(Prog::Tc, &datagram().build());
     assert_eq!(
@@ -134,19 +153,12 @@ fn mirror_clones_to_cached_next_hops() {
         "the last copy leaves with bpf_redirect"
     );
     assert_copy(&r.out, TARGETS[2], 2);
-    let out: Vec<Vec<u8>> = captured(&cap)
-        .into_iter()
-        .filter(|(t, _)| *t == PACKET_OUTGOING)
-        .map(|(_, f)| f)
-        .collect();
+    let frames = captured(&cap);
+    let out = of_type(&frames, |t| t == PACKET_OUTGOING);
     assert_eq!(out.len(), 2, "one clone per target but the last");
-    assert_copy(&out[0], TARGETS[0], 0);
-    assert_copy(&out[1], TARGETS[1], 1);
-    let c = h.maps().listener_counters(0).unwrap();
-    assert_eq!(
-        (c.fwd_packets, c.passed, c.drops[DROP_SEND_ERROR]),
-        (3, 0, 0)
-    );
+    assert_copy(out[0], TARGETS[0], 0);
+    assert_copy(out[1], TARGETS[1], 1);
+    assert_eq!(h.outcomes(0), (3, 0, 0), "(fwd, passed, send_error)");
 }
 
 #[test]
@@ -154,29 +166,17 @@ fn mirror_clone_to_a_missing_interface_counts_send_error() {
     if !privileged("mirror_clone_to_a_missing_interface_counts_send_error") {
         return;
     }
-    let mut h = setup(0, BYPASS);
-    for (i, t) in TARGETS.iter().enumerate() {
-        h.maps()
-            .insert_nexthop(ip(t), hop(999_999, i as u8))
-            .unwrap();
-    }
-    let r = h.run(Prog::Tc, &datagram().build());
     // bpf_redirect only records the target: the missing device is found when the kernel
     // carries the redirect out, which a test run does not do.
-    assert_eq!(r.code, TC_ACT_REDIRECT);
+    let r = only_the_last_copy_leaves(&cached_on(999_999));
     assert_copy(&r.out, TARGETS[2], 2);
-    let c = h.maps().listener_counters(0).unwrap();
-    assert_eq!((c.fwd_packets, c.drops[DROP_SEND_ERROR]), (1, 2));
 }
 
 /// Route known, neighbour not: copies go back in on ingress with the bypass mark for the
 /// kernel to forward (and resolve); the last leaves with bpf_redirect_neigh.
 fn unresolved_setup(bypass: u32) -> Harness {
     let h = setup(UF_G_NO_NEXTHOP_CACHE, bypass);
-    sh("echo 1 > /proc/sys/net/ipv4/ip_forward \
-        && ip link add name uf0 type veth peer name uf1 \
-        && ip link set uf0 up && ip link set uf1 up \
-        && ip addr add 10.77.0.1/24 dev uf0");
+    veth_uf0(None, "10.77.0.1/24");
     h
 }
 
@@ -185,7 +185,7 @@ fn mirror_reinjects_copies_without_neighbour() {
     if !privileged("mirror_reinjects_copies_without_neighbour") {
         return;
     }
-    let mut h = unresolved_setup(BYPASS);
+    let h = unresolved_setup(BYPASS);
     let cap = capture();
     let b = datagram();
     let r = h.run_tc_mark(&b.build(), 0x1234);
@@ -196,11 +196,8 @@ fn mirror_reinjects_copies_without_neighbour() {
     assert_eq!(r.mark, 0x1234, "the original skb keeps its mark");
     let last = packet::parse(&r.out).unwrap();
     assert_eq!((last.dst, last.ttl), (sa(TARGETS[2]), 63));
-    let back: Vec<Vec<u8>> = captured(&cap)
-        .into_iter()
-        .filter(|(t, _)| *t == PACKET_HOST || *t == PACKET_OTHERHOST)
-        .map(|(_, f)| f)
-        .collect();
+    let frames = captured(&cap);
+    let back = of_type(&frames, |t| t == PACKET_HOST || t == PACKET_OTHERHOST);
     assert_eq!(back.len(), 2, "two copies re-injected");
     for (f, t) in back.iter().zip(TARGETS) {
         let p = packet::parse(f).unwrap();
@@ -210,11 +207,7 @@ fn mirror_reinjects_copies_without_neighbour() {
         assert_eq!((p.eth_dst, p.eth_src), (b.eth_dst, b.eth_src));
         packet::check_checksums(f).unwrap();
     }
-    let c = h.maps().listener_counters(0).unwrap();
-    assert_eq!(
-        (c.fwd_packets, c.passed, c.drops[DROP_SEND_ERROR]),
-        (3, 2, 0)
-    );
+    assert_eq!(h.outcomes(0), (3, 2, 0), "(fwd, passed, send_error)");
 }
 
 /// Copy 0 leaves through a cached next hop (its MACs are written into the skb), copy 1 has no
@@ -226,9 +219,7 @@ fn mirror_mixed_next_hops_restore_the_frame_macs() {
         return;
     }
     let mut h = unresolved_setup(BYPASS);
-    h.maps()
-        .set_globals(0, Duration::from_secs(60), BYPASS)
-        .unwrap();
+    h.globals(0, Duration::from_secs(60), BYPASS);
     h.maps().insert_nexthop(ip(TARGETS[0]), hop(1, 0)).unwrap();
     h.maps().insert_nexthop(ip(TARGETS[2]), hop(1, 2)).unwrap();
     let cap = capture();
@@ -237,23 +228,18 @@ fn mirror_mixed_next_hops_restore_the_frame_macs() {
     assert_eq!(r.code, TC_ACT_REDIRECT);
     assert_copy(&r.out, TARGETS[2], 2);
     let frames = captured(&cap);
-    let sent: Vec<&Vec<u8>> = frames
-        .iter()
-        .filter(|(t, _)| *t == PACKET_OUTGOING)
-        .map(|(_, f)| f)
-        .collect();
+    let sent = of_type(&frames, |t| t == PACKET_OUTGOING);
     assert_eq!(sent.len(), 1);
     assert_copy(sent[0], TARGETS[0], 0);
-    let back: Vec<packet::Parsed> = frames
-        .iter()
-        .filter(|(t, _)| *t != PACKET_OUTGOING)
-        .map(|(_, f)| packet::parse(f).unwrap())
+    let back: Vec<packet::Parsed> = of_type(&frames, |t| t != PACKET_OUTGOING)
+        .into_iter()
+        .map(|f| packet::parse(f).unwrap())
         .filter(|p| p.dst == sa(TARGETS[1]))
         .collect();
     assert_eq!(back.len(), 1, "copy 1 re-injected");
     assert_eq!((back[0].eth_dst, back[0].eth_src), (b.eth_dst, b.eth_src));
     assert_eq!(back[0].ttl, 64);
-    let c = h.maps().listener_counters(0).unwrap();
+    let c = h.counters(0);
     assert_eq!((c.fwd_packets, c.passed), (3, 1));
 }
 
@@ -262,11 +248,7 @@ fn mirror_without_bypass_mark_does_not_reinject() {
     if !privileged("mirror_without_bypass_mark_does_not_reinject") {
         return;
     }
-    let mut h = unresolved_setup(0);
-    let r = h.run(Prog::Tc, &datagram().build());
-    assert_eq!(r.code, TC_ACT_REDIRECT);
-    let c = h.maps().listener_counters(0).unwrap();
-    assert_eq!((c.fwd_packets, c.drops[DROP_SEND_ERROR]), (1, 2));
+    only_the_last_copy_leaves(&unresolved_setup(0));
 }
 
 #[test]
@@ -274,11 +256,11 @@ fn packets_with_the_bypass_mark_are_left_alone() {
     if !privileged("packets_with_the_bypass_mark_are_left_alone") {
         return;
     }
-    let mut h = setup(UF_G_NO_FIB, BYPASS);
+    let h = setup(UF_G_NO_FIB, BYPASS);
     let f = datagram().build();
     let r = h.run_tc_mark(&f, BYPASS);
     assert_eq!((r.code, r.out, r.mark), (TC_ACT_OK, f.clone(), BYPASS));
-    assert_eq!(h.maps().listener_counters(0).unwrap().rx_packets, 0);
+    assert_eq!(h.counters(0).rx_packets, 0);
     // Any other mark is processed.
     let r = h.run_tc_mark(&f, BYPASS + 1);
     assert_eq!(packet::parse(&r.out).unwrap().dst, sa(TARGETS[2]));

@@ -4,17 +4,21 @@
 //! - [`Harness`]: a freshly loaded object (its own maps), the calling thread pinned to one CPU
 //!   (the round-robin cursor is per CPU) and moved into a private network namespace (so clones,
 //!   routes and sysctls of a test touch nothing else).
+//!   [`Harness::no_fib`] / [`for_each_prog`] give the test-mode set-up most tests start from.
 //! - [`Prog`] / [`Verdict`]: the two programs and their return codes.
+//! - [`veth_uf0`]: the forwarding namespace with a veth the route tests and benchmarks use.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod packet;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint};
-use fanout_kernel::maps::KernelMaps;
+use fanout_kernel::bindings::uf_nexthop;
+use fanout_kernel::maps::{KernelMaps, ListenerCounters};
 use fanout_kernel::programs::{self, Loaded, TC_PROGRAM, XDP_PROGRAM};
 
 /// Whether this process may run the BPF tests (root); skips with a printed reason, or panics
@@ -46,6 +50,9 @@ pub enum Prog {
     Xdp,
     Tc,
 }
+
+/// Both programs, XDP first.
+pub const PROGS: [Prog; 2] = [Prog::Xdp, Prog::Tc];
 
 /// A program-independent verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +117,39 @@ impl Harness {
         Harness { loaded }
     }
 
+    /// Loads the object and sets its globals. Call [`privileged`] first.
+    pub fn with_globals(flags: u32, nexthop_ttl: Duration, bypass_mark: u32) -> Self {
+        let mut h = Harness::new();
+        h.globals(flags, nexthop_ttl, bypass_mark);
+        h
+    }
+
+    /// Loaded in test mode (UF_G_NO_FIB: rewrite, then XDP_TX / TC_ACT_OK, no route lookup,
+    /// so the next-hop lifetime does not matter). Call [`privileged`] first.
+    pub fn no_fib() -> Self {
+        Harness::with_globals(UF_G_NO_FIB, Duration::from_secs(5), 0)
+    }
+
+    pub fn globals(&mut self, flags: u32, nexthop_ttl: Duration, bypass_mark: u32) {
+        self.loaded
+            .maps
+            .set_globals(flags, nexthop_ttl, bypass_mark)
+            .unwrap();
+    }
+
     pub fn maps(&mut self) -> &mut KernelMaps {
         &mut self.loaded.maps
+    }
+
+    pub fn counters(&self, listener: u32) -> ListenerCounters {
+        self.loaded.maps.listener_counters(listener).unwrap()
+    }
+
+    /// (fwd_packets, passed, send_error drops) of a listener: what became of its datagrams on
+    /// the route path.
+    pub fn outcomes(&self, listener: u32) -> (u64, u64, u64) {
+        let c = self.counters(listener);
+        (c.fwd_packets, c.passed, c.drops[DROP_SEND_ERROR])
     }
 
     /// Runs a program once on `frame` (repeat = 1: the kernel reuses its buffer across repeats).
@@ -157,27 +195,16 @@ impl Harness {
             repeat,
             ..Default::default()
         };
+        let name = match prog {
+            Prog::Xdp => XDP_PROGRAM,
+            Prog::Tc => TC_PROGRAM,
+        };
+        let program = self.loaded.ebpf.program(name).unwrap();
         let r: TestRunResult = match prog {
-            Prog::Xdp => {
-                let p: &Xdp = self
-                    .loaded
-                    .ebpf
-                    .program(XDP_PROGRAM)
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-                p.test_run(opts)
-            }
-            Prog::Tc => {
-                let p: &SchedClassifier = self
-                    .loaded
-                    .ebpf
-                    .program(TC_PROGRAM)
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-                p.test_run(opts)
-            }
+            Prog::Xdp => <&Xdp>::try_from(program).unwrap().test_run(opts),
+            Prog::Tc => <&SchedClassifier>::try_from(program)
+                .unwrap()
+                .test_run(opts),
         }?;
         out.truncate(r.data_size_out as usize);
         let mark = u32::from_ne_bytes(ctx_out[SKB_MARK_OFF..SKB_MARK_OFF + 4].try_into().unwrap());
@@ -207,6 +234,39 @@ impl Harness {
         self.loaded.maps.add_listener(id, bind, dist).unwrap();
         set
     }
+
+    /// A round-robin listener `id` on `bind` with the one downstream `backend`.
+    pub fn single(
+        &mut self,
+        id: u32,
+        bind: SocketAddr,
+        backend: &str,
+        stats_base: u32,
+    ) -> BackendSet {
+        let eps = endpoints(&[(backend, 1)]);
+        self.listener(id, bind, Distribution::RoundRobin, eps, stats_base)
+    }
+}
+
+/// Runs `f` for each program with a fresh [`Harness::no_fib`] (its own maps, counters and
+/// round-robin cursors); does nothing (or panics, see [`privileged`]) without root.
+pub fn for_each_prog(test: &str, mut f: impl FnMut(Prog, &mut Harness)) {
+    if !privileged(test) {
+        return;
+    }
+    for prog in PROGS {
+        f(prog, &mut Harness::no_fib());
+    }
+}
+
+/// A next-hop cache entry that never expires.
+pub fn nexthop(ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> uf_nexthop {
+    uf_nexthop {
+        ifindex,
+        smac,
+        dmac,
+        expires_ns: u64::MAX,
+    }
 }
 
 /// Endpoints with the given (address, weight).
@@ -235,6 +295,19 @@ pub fn pin_to_current_cpu() {
 pub fn private_netns() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     sh("ip link set lo up");
+}
+
+/// Forwarding on and a veth pair uf0 / uf1, both up, uf0 with `mac` (when given, else the
+/// kernel's random one) and the address `cidr`; returns uf0's ifindex. A neighbour or route on
+/// uf0 then makes bpf_fib_lookup answer SUCCESS or NO_NEIGH.
+pub fn veth_uf0(mac: Option<&str>, cidr: &str) -> u32 {
+    let mac = mac.map_or(String::new(), |m| format!("&& ip link set uf0 address {m}"));
+    sh(&format!(
+        "echo 1 > /proc/sys/net/ipv4/ip_forward \
+         && ip link add name uf0 type veth peer name uf1 {mac} \
+         && ip link set uf0 up && ip link set uf1 up && ip addr add {cidr} dev uf0"
+    ));
+    nix::net::if_::if_nametoindex("uf0").unwrap()
 }
 
 /// Runs a shell command in the thread's network namespace; panics on failure.

@@ -97,6 +97,12 @@ impl Builder {
         }
     }
 
+    /// This datagram with fields changed by `f` (for breaking it on purpose in a table row).
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// Adds a VLAN tag (outermost first).
     pub fn vlan(mut self, tpid: u16, vid: u16) -> Self {
         self.vlans.push((tpid, vid));
@@ -143,12 +149,7 @@ impl Builder {
                 let c = fold(sum(&ip, 0));
                 ip[10..12].copy_from_slice(&(!c).to_be_bytes());
                 if self.udp_csum == UdpCsum::Correct {
-                    let mut ph = Vec::new();
-                    ph.extend_from_slice(&s.octets());
-                    ph.extend_from_slice(&d.octets());
-                    ph.extend_from_slice(&[0, 17]);
-                    ph.extend_from_slice(&(udp_len as u16).to_be_bytes());
-                    set_udp_csum(&mut udp, &ph);
+                    set_udp_csum(&mut udp, &pseudo_header(s.into(), d.into(), udp_len));
                 }
                 f.extend_from_slice(&ip);
             }
@@ -161,12 +162,7 @@ impl Builder {
                 ip.extend_from_slice(&s.octets());
                 ip.extend_from_slice(&d.octets());
                 if self.udp_csum == UdpCsum::Correct {
-                    let mut ph = Vec::new();
-                    ph.extend_from_slice(&s.octets());
-                    ph.extend_from_slice(&d.octets());
-                    ph.extend_from_slice(&(udp_len as u32).to_be_bytes());
-                    ph.extend_from_slice(&[0, 0, 0, 17]);
-                    set_udp_csum(&mut udp, &ph);
+                    set_udp_csum(&mut udp, &pseudo_header(s.into(), d.into(), udp_len));
                 }
                 f.extend_from_slice(&ip);
             }
@@ -176,6 +172,27 @@ impl Builder {
         f.resize(f.len() + self.trailer, 0);
         f
     }
+}
+
+/// The pseudo-header the UDP checksum covers (RFC 768; RFC 8200 section 8.1 for IPv6).
+fn pseudo_header(src: IpAddr, dst: IpAddr, udp_len: usize) -> Vec<u8> {
+    let mut ph = Vec::with_capacity(40);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&[0, 17]);
+            ph.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&(udp_len as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, 17]);
+        }
+        _ => panic!("mixed families"),
+    }
+    ph
 }
 
 fn set_udp_csum(udp: &mut [u8], pseudo: &[u8]) {
@@ -284,9 +301,8 @@ pub fn check_checksums(f: &[u8]) -> Result<(), String> {
     let p = parse(f)?;
     let ulen = usize::from(be16(f, p.l4 + 4)?);
     let udp = f.get(p.l4..p.l4 + ulen).ok_or("UDP beyond frame")?;
-    let mut ph = Vec::new();
     match (p.src.ip(), p.dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
+        (IpAddr::V4(_), IpAddr::V4(_)) => {
             let ihl = usize::from(f[p.l3] & 0xf) * 4;
             let hs = fold(sum(&f[p.l3..p.l3 + ihl], 0));
             if hs != 0xffff {
@@ -295,22 +311,15 @@ pub fn check_checksums(f: &[u8]) -> Result<(), String> {
             if p.udp_check == 0 {
                 return Ok(());
             }
-            ph.extend_from_slice(&s.octets());
-            ph.extend_from_slice(&d.octets());
-            ph.extend_from_slice(&[0, 17]);
-            ph.extend_from_slice(&(ulen as u16).to_be_bytes());
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
+        (IpAddr::V6(_), IpAddr::V6(_)) => {
             if p.udp_check == 0 {
                 return Err("IPv6 UDP checksum is zero".into());
             }
-            ph.extend_from_slice(&s.octets());
-            ph.extend_from_slice(&d.octets());
-            ph.extend_from_slice(&(ulen as u32).to_be_bytes());
-            ph.extend_from_slice(&[0, 0, 0, 17]);
         }
         _ => return Err("mixed families".into()),
     }
+    let ph = pseudo_header(p.src.ip(), p.dst.ip(), ulen);
     let s = fold(sum(udp, sum(&ph, 0)));
     if s != 0xffff {
         return Err(format!(
