@@ -131,8 +131,3 @@ fn summarize(log: &str, io: &std::io::Error) -> String {
         format!("{io}; verifier: {}", tail.join(" | "))
     }
 }
-
-/// Whether this process may load BPF at all (root, or CAP_BPF + CAP_NET_ADMIN).
-pub fn privileged() -> bool {
-    nix::unistd::geteuid().is_root()
-}
