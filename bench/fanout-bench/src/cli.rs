@@ -19,9 +19,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fanout_bench::addrs::{parse_ip_list, parse_port_range};
 use fanout_bench::generator::{self, GenConfig, GenReport};
+use fanout_bench::human::{percent, percentiles};
 use fanout_bench::scenarios::session_scale::{self, SessionScaleConfig};
 use fanout_bench::sink::{Sink, SinkOptions, SinkReport};
-use fanout_bench::stats::{LatencySummary, fmt_ns};
+use fanout_bench::stats::LatencySummary;
+use serde::Serialize;
 
 mod compare;
 
@@ -204,19 +206,27 @@ fn run_gen(a: GenArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     cfg.expect_replies = a.replies;
     cfg.reply_grace = a.reply_grace;
     let report = generator::run(&cfg, stop).context("generator failed")?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(a.json, &report, |r| gen_summary(r, cfg.expect_replies))
+}
+
+/// Prints `report` as one JSON object with `--json`, else `text` of it for people.
+fn print_report<T: Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        print!("{}", gen_summary(&report, cfg.expect_replies));
+        print!("{}", text(report));
     }
     Ok(())
 }
 
 fn run_sessions(a: SessionsArgs, stop: &AtomicBool) -> anyhow::Result<()> {
-    let bin = match a.udp_fanout {
-        Some(p) => p,
-        None => session_scale::default_udp_fanout()?,
-    };
+    let bin = a
+        .udp_fanout
+        .map_or_else(session_scale::default_udp_fanout, Ok)?;
     let mut cfg = SessionScaleConfig::new(bin);
     cfg.sessions = a.sessions;
     cfg.downstreams = a.downstreams;
@@ -230,12 +240,7 @@ fn run_sessions(a: SessionsArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     cfg.max_group = a.clients_per_group;
     cfg.size = a.size;
     let report = session_scale::run(&cfg, stop).context("sessions benchmark failed")?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", report.to_markdown());
-    }
-    Ok(())
+    print_report(a.json, &report, |r| r.to_markdown())
 }
 
 fn run_sink(a: SinkArgs, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -256,11 +261,7 @@ fn run_sink(a: SinkArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let report = handle.stop();
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", sink_summary(&report));
-    }
+    print_report(a.json, &report, sink_summary)?;
     match report.error {
         Some(e) => anyhow::bail!(e),
         None => Ok(()),
@@ -291,23 +292,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn fmt_latency(l: Option<&LatencySummary>) -> String {
     match l {
-        Some(l) => format!(
-            "p50 {} p99 {} p99.9 {} max {} (n={})",
-            fmt_ns(l.p50_ns),
-            fmt_ns(l.p99_ns),
-            fmt_ns(l.p999_ns),
-            fmt_ns(l.max_ns),
-            l.count
-        ),
+        Some(l) => {
+            let [p50, p99, p999, max] = percentiles(l);
+            format!("p50 {p50} p99 {p99} p99.9 {p999} max {max} (n={})", l.count)
+        }
         None => "no samples".to_owned(),
-    }
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
     }
 }
 
@@ -407,58 +396,35 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
     }
 
+    /// Parses `udp-fanout-bench ARGS`, the arguments split at spaces.
+    fn parse(args: &str) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("b").chain(args.split_whitespace())).map(|c| c.command)
+    }
+
     #[test]
     fn cli_is_consistent_and_parses_lists() {
         Cli::command().debug_assert();
-        let c = Cli::try_parse_from([
-            "b",
-            "gen",
-            "--target",
-            "127.0.0.1:9",
-            "--size",
-            "0,64,1400",
-            "--count",
-            "5",
-        ])
-        .unwrap();
-        let Command::Gen(g) = c.command else {
+        let Command::Gen(g) = parse("gen --target 127.0.0.1:9 --size 0,64,1400 --count 5").unwrap()
+        else {
             panic!("not gen")
         };
         assert_eq!(g.size, vec![0, 64, 1400]);
-        let c = Cli::try_parse_from([
-            "b",
-            "sink",
-            "--bind",
-            "127.0.0.1:0",
-            "--bind",
-            "[::1]:0",
-            "--duration",
-            "1s",
-        ])
-        .unwrap();
-        let Command::Sink(s) = c.command else {
+        let Command::Sink(s) =
+            parse("sink --bind 127.0.0.1:0 --bind [::1]:0 --duration 1s").unwrap()
+        else {
             panic!("not sink")
         };
         assert_eq!(s.bind.len(), 2);
-        assert!(Cli::try_parse_from(["b", "sink"]).is_err());
+        assert!(parse("sink").is_err());
     }
 
     #[test]
     fn gen_takes_source_address_lists_and_port_ranges() {
-        let c = Cli::try_parse_from([
-            "b",
-            "gen",
-            "--target",
-            "127.0.0.1:9",
-            "--count",
-            "5",
-            "--bind-ips",
-            "127.0.0.1,127.0.0.3-127.0.0.4",
-            "--bind-ports",
-            "10000-30000",
-        ])
-        .unwrap();
-        let Command::Gen(g) = c.command else {
+        let base = "gen --target 127.0.0.1:9 --count 5";
+        let Command::Gen(g) = parse(&format!(
+            "{base} --bind-ips 127.0.0.1,127.0.0.3-127.0.0.4 --bind-ports 10000-30000"
+        ))
+        .unwrap() else {
             panic!("not gen")
         };
         let ips: Vec<IpAddr> = ["127.0.0.1", "127.0.0.3", "127.0.0.4"]
@@ -467,17 +433,13 @@ mod tests {
             .collect();
         assert_eq!(g.bind_ips, Some(IpList(ips)));
         assert_eq!(g.bind_ports, Some((10_000, 30_000)));
-        let bad = ["--bind-ips", "127.0.0.9-127.0.0.1"];
-        let base = ["b", "gen", "--target", "127.0.0.1:9", "--count", "5"];
-        assert!(Cli::try_parse_from(base.iter().chain(&bad)).is_err());
-        let bad = ["--bind-ports", "30000-10000"];
-        assert!(Cli::try_parse_from(base.iter().chain(&bad)).is_err());
+        assert!(parse(&format!("{base} --bind-ips 127.0.0.9-127.0.0.1")).is_err());
+        assert!(parse(&format!("{base} --bind-ports 30000-10000")).is_err());
     }
 
     #[test]
     fn compare_takes_scenario_and_peer_lists() {
-        let c = Cli::try_parse_from(["b", "compare"]).unwrap();
-        let Command::Compare(a) = c.command else {
+        let Command::Compare(a) = parse("compare").unwrap() else {
             panic!("not compare")
         };
         assert_eq!(a.scenarios.0.len(), 6);
@@ -487,30 +449,21 @@ mod tests {
         );
         assert_eq!(a.repeats, 3);
         assert!(!a.quick && a.write.is_none());
-        let c = Cli::try_parse_from([
-            "b",
-            "compare",
-            "--quick",
-            "--scenarios",
-            "a,e",
-            "--peers",
-            "nginx,direct",
-        ])
-        .unwrap();
-        let Command::Compare(a) = c.command else {
+        let Command::Compare(a) =
+            parse("compare --quick --scenarios a,e --peers nginx,direct").unwrap()
+        else {
             panic!("not compare")
         };
         assert!(a.quick);
         assert_eq!(a.scenarios.0.len(), 2);
         assert_eq!(a.peers.0.len(), 3);
-        assert!(Cli::try_parse_from(["b", "compare", "--scenarios", "z"]).is_err());
-        assert!(Cli::try_parse_from(["b", "compare", "--peers", "haproxy"]).is_err());
+        assert!(parse("compare --scenarios z").is_err());
+        assert!(parse("compare --peers haproxy").is_err());
     }
 
     #[test]
     fn sessions_has_the_documented_defaults() {
-        let c = Cli::try_parse_from(["b", "sessions"]).unwrap();
-        let Command::Sessions(s) = c.command else {
+        let Command::Sessions(s) = parse("sessions").unwrap() else {
             panic!("not sessions")
         };
         assert_eq!(s.sessions, 100_000);
@@ -520,19 +473,9 @@ mod tests {
         assert_eq!(s.workers, None);
         assert_eq!(s.client_ports, (10_000, 30_000));
         assert!(!s.json);
-        let c = Cli::try_parse_from([
-            "b",
-            "sessions",
-            "--sessions",
-            "2000",
-            "--workers",
-            "1",
-            "--duration",
-            "1s",
-            "--json",
-        ])
-        .unwrap();
-        let Command::Sessions(s) = c.command else {
+        let Command::Sessions(s) =
+            parse("sessions --sessions 2000 --workers 1 --duration 1s --json").unwrap()
+        else {
             panic!("not sessions")
         };
         assert_eq!((s.sessions, s.workers, s.json), (2_000, Some(1), true));

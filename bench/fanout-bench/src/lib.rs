@@ -8,8 +8,10 @@
 //!
 //! - [`scenarios::session_scale`]: session capacity and cost.
 //! - [`scenarios::compare`]: udp-fanout against other proxies, on the same machine and run.
+//! - [`human`]: how the reports and the CLI write numbers for people.
 #![forbid(unsafe_code)]
 
+pub mod human;
 pub mod scenarios;
 
 pub use fanout_testkit::{FlowReport, GenConfig, GenReport};

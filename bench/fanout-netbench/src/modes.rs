@@ -51,21 +51,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Every mode, in the order a round runs them.
-    pub const ALL: [Mode; 11] = [
-        Mode::Idle,
-        Mode::GenOnly,
-        Mode::Plain,
-        Mode::Xdp,
-        Mode::Tc,
-        Mode::Userspace,
-        Mode::Peer(Peer::UdpTee),
-        Mode::Peer(Peer::NginxSession),
-        Mode::Peer(Peer::NginxDatagram),
-        Mode::Peer(Peer::EnvoySession),
-        Mode::Peer(Peer::EnvoyPacket),
-    ];
-
     /// The modes that run in this process (no third-party proxy).
     pub const IN_PROCESS: [Mode; 6] = [
         Mode::Idle,
@@ -76,18 +61,12 @@ impl Mode {
         Mode::Userspace,
     ];
 
+    /// Every mode, in the order a round runs them: those in this process, then the peers.
+    pub const ALL: [Mode; 11] = with_peers(Mode::IN_PROCESS);
+
     /// The modes that forward traffic.
-    pub const FORWARDING: [Mode; 9] = [
-        Mode::Plain,
-        Mode::Xdp,
-        Mode::Tc,
-        Mode::Userspace,
-        Mode::Peer(Peer::UdpTee),
-        Mode::Peer(Peer::NginxSession),
-        Mode::Peer(Peer::NginxDatagram),
-        Mode::Peer(Peer::EnvoySession),
-        Mode::Peer(Peer::EnvoyPacket),
-    ];
+    pub const FORWARDING: [Mode; 9] =
+        with_peers([Mode::Plain, Mode::Xdp, Mode::Tc, Mode::Userspace]);
 
     /// The name in tables.
     pub fn name(self) -> &'static str {
@@ -125,6 +104,26 @@ impl Mode {
     pub fn is_socket_proxy(self) -> bool {
         matches!(self, Mode::Userspace | Mode::Peer(_))
     }
+}
+
+/// `first`, then every third-party proxy ([`Peer::ALL`]): `M` must be `N + Peer::ALL.len()`
+/// (checked when the constant is evaluated, so at build time).
+const fn with_peers<const N: usize, const M: usize>(first: [Mode; N]) -> [Mode; M] {
+    assert!(
+        M == N + Peer::ALL.len(),
+        "wrong length for the modes and the peers"
+    );
+    let mut out = [Mode::Idle; M];
+    let mut i = 0;
+    while i < N {
+        out[i] = first[i];
+        i += 1;
+    }
+    while i < M {
+        out[i] = Mode::Peer(Peer::ALL[i - N]);
+        i += 1;
+    }
+    out
 }
 
 /// The traffic of a window.
@@ -291,8 +290,9 @@ pub(crate) enum Running {
     Nothing,
     /// The sink on the load balancer's ingress (generator only).
     Sink(aya::programs::xdp::XdpLinkId),
-    /// udp-fanout's kernel plane.
-    Kernel(KernelPlane),
+    /// udp-fanout's kernel plane (boxed: it holds the loaded programs and maps, far larger
+    /// than the other variants).
+    Kernel(Box<KernelPlane>),
     /// udp-fanout's userspace plane.
     User(UserspacePlane),
     /// A third-party proxy (stopped when dropped).
@@ -339,12 +339,24 @@ pub(crate) fn start_kernel(mode: Mode, lb_if: &str, traffic: Traffic) -> anyhow:
     let plane = KernelPlane::start(&cfg)
         .with_context(|| format!("starting the kernel plane ({m})"))?
         .ok_or_else(|| anyhow!("the kernel plane ({m}) has no listener"))?;
-    Ok(Running::Kernel(plane))
+    Ok(Running::Kernel(Box::new(plane)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mode_lists_are_their_own_modes_then_the_peers() {
+        let peers = Peer::ALL.map(Mode::Peer);
+        assert_eq!(Mode::ALL[..6], Mode::IN_PROCESS);
+        assert_eq!(Mode::ALL[6..], peers);
+        assert_eq!(
+            Mode::FORWARDING[..4],
+            [Mode::Plain, Mode::Xdp, Mode::Tc, Mode::Userspace]
+        );
+        assert_eq!(Mode::FORWARDING[4..], peers);
+    }
 
     #[test]
     fn configs_name_the_mode_and_distribution() {
@@ -356,26 +368,19 @@ mod tests {
         assert_eq!(Traffic::Mirror.frames_per_datagram(Mode::Plain), 2);
         assert_eq!(Traffic::Mirror.frames_per_datagram(Mode::Tc), 1);
         assert!(Traffic::Mirror.not_applicable(Mode::Xdp).is_some());
-        assert!(
-            Traffic::Mirror
-                .not_applicable(Mode::Peer(Peer::EnvoyPacket))
-                .is_some()
-        );
-        assert!(
-            Traffic::HeavyFlow
-                .not_applicable(Mode::Peer(Peer::NginxSession))
-                .is_none()
-        );
         assert_eq!(Mode::Peer(Peer::NginxDatagram).id(), "nginx-datagram");
-        assert!(
-            Traffic::Mirror
-                .not_applicable(Mode::Peer(Peer::UdpTee))
-                .is_none()
-        );
-        assert!(
-            Traffic::Balance
-                .not_applicable(Mode::Peer(Peer::UdpTee))
-                .is_some()
-        );
+        for (traffic, peer, applies) in [
+            (Traffic::Mirror, Peer::EnvoyPacket, false),
+            (Traffic::HeavyFlow, Peer::NginxSession, true),
+            (Traffic::Mirror, Peer::UdpTee, true),
+            (Traffic::Balance, Peer::UdpTee, false),
+        ] {
+            let why = traffic.not_applicable(Mode::Peer(peer));
+            assert_eq!(
+                why.is_none(),
+                applies,
+                "{traffic:?} through {peer:?}: {why:?}"
+            );
+        }
     }
 }

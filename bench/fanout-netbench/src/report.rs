@@ -40,6 +40,41 @@ pub fn own_net_of_generator(s: &Sample, idle: &Sample, gen_own: f64) -> f64 {
     pm.own - gen_own * frames_per_datagram
 }
 
+/// [`per_million`] of each of `of`, against the idle window of its round in `samples`; a
+/// sample whose round has none is left out.
+pub fn per_million_each(samples: &[Sample], of: &[&Sample]) -> Vec<PerMillion> {
+    of.iter()
+        .filter_map(|s| Some(per_million(s, find(samples, Mode::Idle, s.round)?)))
+        .collect()
+}
+
+/// The generator-only windows' own CPU per million frames, one per round that has an idle
+/// window: what [`own_net_of_generator`] takes out.
+pub fn generator_own_each(samples: &[Sample]) -> Vec<f64> {
+    let generator: Vec<&Sample> = samples.iter().filter(|s| s.mode == Mode::GenOnly).collect();
+    per_million_each(samples, &generator)
+        .iter()
+        .map(|p| p.own)
+        .collect()
+}
+
+/// [`own_net_of_generator`] of each of `of`, against the idle window of its round in
+/// `samples`; nothing without the generator's figure `gen_own`.
+pub fn own_net_each(samples: &[Sample], of: &[&Sample], gen_own: Option<f64>) -> Vec<f64> {
+    let Some(g) = gen_own else {
+        return Vec::new();
+    };
+    of.iter()
+        .filter_map(|s| {
+            Some(own_net_of_generator(
+                s,
+                find(samples, Mode::Idle, s.round)?,
+                g,
+            ))
+        })
+        .collect()
+}
+
 /// Median, min and max (`None` for no values).
 pub fn median_min_max(values: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -83,12 +118,7 @@ pub fn table(title: &str, samples: &[Sample]) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let of = |m: Mode| -> Vec<&Sample> { samples.iter().filter(|s| s.mode == m).collect() };
-    let idle_of = |r: u64| find(samples, Mode::Idle, r);
-    let gen_own: Vec<f64> = of(Mode::GenOnly)
-        .iter()
-        .filter_map(|s| Some(per_million(s, idle_of(s.round)?).own))
-        .collect();
-    let gen_own = median_min_max(&gen_own).map(|m| m.0);
+    let gen_own = median_min_max(&generator_own_each(samples)).map(|m| m.0);
     for mode in Mode::ALL {
         let v = of(mode);
         if v.is_empty() {
@@ -111,10 +141,7 @@ pub fn table(title: &str, samples: &[Sample]) -> String {
             );
             continue;
         }
-        let pm: Vec<PerMillion> = v
-            .iter()
-            .filter_map(|s| Some(per_million(s, idle_of(s.round)?)))
-            .collect();
+        let pm = per_million_each(samples, &v);
         let col = |f: fn(&PerMillion) -> f64| {
             let x: Vec<f64> = pm.iter().map(f).collect();
             fmt_range(&x, 0)
@@ -122,13 +149,7 @@ pub fn table(title: &str, samples: &[Sample]) -> String {
         let (pct_plain, net) = if mode == Mode::GenOnly {
             ("–".to_string(), "–".to_string())
         } else {
-            let net: Vec<f64> = match gen_own {
-                Some(g) => v
-                    .iter()
-                    .filter_map(|s| Some(own_net_of_generator(s, idle_of(s.round)?, g)))
-                    .collect(),
-                None => Vec::new(),
-            };
+            let net = own_net_each(samples, &v, gen_own);
             (fmt_range(&pct_of_plain(samples, &v), 1), fmt_range(&net, 0))
         };
         let offered: Vec<f64> = v.iter().map(|s| s.offered_pps()).collect();

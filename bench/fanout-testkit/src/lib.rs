@@ -19,6 +19,8 @@
 //! - [`http`]: a plain HTTP/1.1 GET for scraping and admin endpoints.
 //! - [`addrs`], [`limits`]: source address lists and the open-file limit, for runs that
 //!   simulate very many clients.
+//! - [`eventually`], [`assert_contains`]: the bounded wait and the text check every test
+//!   suite here would otherwise write again.
 //!
 //! All socket I/O goes through `fanout-userspace`'s batched `recvmmsg`/`sendmmsg` layer, so the
 //! tools stress a proxy with the same batching the proxy itself uses, and this crate needs no
@@ -40,6 +42,15 @@ pub mod stats;
 pub use generator::{FlowReport, GenConfig, GenReport};
 pub use sink::{PortReport, Sink, SinkHandle, SinkOptions, SinkReport};
 pub use stats::{FlowStats, LatencySummary};
+
+/// Asserts that `text` contains every one of `wanted`, showing `text` when one is missing: a
+/// generated config or report checked line by line, as one table.
+#[track_caller]
+pub fn assert_contains(text: &str, wanted: &[&str]) {
+    for w in wanted {
+        assert!(text.contains(w), "{w:?} missing from:\n{text}");
+    }
+}
 
 /// Polls `f` every 20 ms until it returns true or `limit` passes; whether it did (one last
 /// try after the limit, so a slow machine's last chance counts).

@@ -16,10 +16,7 @@ fn sink(addrs: &[&str], opts: SinkOptions) -> fanout_testkit::SinkHandle {
         .iter()
         .map(|a| a.parse().expect("test address"))
         .collect();
-    Sink::bind(&addrs, opts)
-        .expect("binding the sink")
-        .start()
-        .expect("starting the sink")
+    Sink::serve(&addrs, opts).expect("starting the sink")
 }
 
 fn gen_to(target: SocketAddr, f: impl FnOnce(&mut GenConfig)) -> (GenConfig, GenReport) {
@@ -29,16 +26,33 @@ fn gen_to(target: SocketAddr, f: impl FnOnce(&mut GenConfig)) -> (GenConfig, Gen
     (cfg, report)
 }
 
+/// `count` datagrams over `flows` flows cycling `sizes` at `rate` per second; with `replies`,
+/// waiting up to 5 s for every echo.
+fn send(
+    target: SocketAddr,
+    count: u64,
+    flows: u32,
+    sizes: &[usize],
+    rate: u64,
+    replies: bool,
+) -> (GenConfig, GenReport) {
+    gen_to(target, |c| {
+        c.count = Some(count);
+        c.flows = flows;
+        c.sizes = sizes.to_vec();
+        c.rate_pps = rate;
+        if replies {
+            c.expect_replies = true;
+            c.reply_grace = Duration::from_secs(5);
+        }
+    })
+}
+
 #[test]
 fn ten_thousand_datagrams_over_eight_flows_arrive_exactly_once() {
     let s = sink(&["127.0.0.1:0"], SinkOptions::default());
-    let (cfg, g) = gen_to(s.local_addrs()[0], |c| {
-        c.count = Some(10_000);
-        c.flows = 8;
-        c.sizes = vec![64, 1400];
-        // Fast, but paced: the sink shares two cores with the generator and other tests.
-        c.rate_pps = 100_000;
-    });
+    // Fast, but paced: the sink shares two cores with the generator and other tests.
+    let (cfg, g) = send(s.local_addrs()[0], 10_000, 8, &[64, 1400], 100_000, false);
     assert_eq!((g.sent, g.send_errors), (10_000, 0));
     assert_eq!(g.bytes_sent, 5_000 * 64 + 5_000 * 1400);
     let r = s.wait_for(10_000, WAIT);
@@ -69,17 +83,8 @@ fn ten_thousand_datagrams_over_eight_flows_arrive_exactly_once() {
 #[test]
 fn recorded_payloads_are_byte_identical_to_what_was_sent() {
     let sizes = vec![0, 1, 1400, 9000, payload::MAX_V4_PAYLOAD];
-    let opts = SinkOptions {
-        record: true,
-        ..SinkOptions::default()
-    };
-    let s = sink(&["127.0.0.1:0"], opts);
-    let (cfg, g) = gen_to(s.local_addrs()[0], |c| {
-        c.count = Some(30);
-        c.flows = 3;
-        c.sizes = sizes.clone();
-        c.rate_pps = 2_000;
-    });
+    let s = sink(&["127.0.0.1:0"], SinkOptions::recording());
+    let (cfg, g) = send(s.local_addrs()[0], 30, 3, &sizes, 2_000, false);
     assert_eq!(g.sent, 30);
     let r = s.wait_for(30, WAIT);
     let port = &r.ports[0];
@@ -113,19 +118,8 @@ fn recorded_payloads_are_byte_identical_to_what_was_sent() {
 
 #[test]
 fn echoed_replies_all_come_back_with_latency() {
-    let opts = SinkOptions {
-        echo: true,
-        ..SinkOptions::default()
-    };
-    let s = sink(&["127.0.0.1:0"], opts);
-    let (_, g) = gen_to(s.local_addrs()[0], |c| {
-        c.count = Some(2_000);
-        c.flows = 4;
-        c.sizes = vec![64, 512];
-        c.rate_pps = 20_000;
-        c.expect_replies = true;
-        c.reply_grace = Duration::from_secs(5);
-    });
+    let s = sink(&["127.0.0.1:0"], SinkOptions::echoing());
+    let (_, g) = send(s.local_addrs()[0], 2_000, 4, &[64, 512], 20_000, true);
     assert_eq!(g.sent, 2_000);
     assert_eq!(g.replies_received, 2_000, "{g:#?}");
     assert_eq!(g.reply_duplicates + g.reply_invalid + g.reply_short, 0);
@@ -228,19 +222,8 @@ fn ipv6_loopback_works_when_available() {
         return;
     };
     drop(probe);
-    let opts = SinkOptions {
-        echo: true,
-        ..SinkOptions::default()
-    };
-    let s = sink(&["[::1]:0"], opts);
-    let (_, g) = gen_to(s.local_addrs()[0], |c| {
-        c.count = Some(500);
-        c.flows = 2;
-        c.sizes = vec![48, 65_527];
-        c.rate_pps = 20_000;
-        c.expect_replies = true;
-        c.reply_grace = Duration::from_secs(5);
-    });
+    let s = sink(&["[::1]:0"], SinkOptions::echoing());
+    let (_, g) = send(s.local_addrs()[0], 500, 2, &[48, 65_527], 20_000, true);
     assert_eq!(g.replies_received, 500, "{g:#?}");
     let r = s.stop();
     assert_eq!(r.total_unique(), 500);

@@ -31,14 +31,11 @@ fn run(target: SocketAddr) -> GenReport {
 
 #[test]
 fn three_hundred_flows_over_three_ips_get_the_same_addresses_twice() {
-    let opts = SinkOptions {
-        echo: true,
-        ..SinkOptions::default()
-    };
-    let sink = Sink::bind(&["127.0.0.1:0".parse().expect("addr")], opts)
-        .expect("bind sink")
-        .start()
-        .expect("start sink");
+    let sink = Sink::serve(
+        &["127.0.0.1:0".parse().expect("addr")],
+        SinkOptions::echoing(),
+    )
+    .expect("start sink");
     let first = run(sink.local_addrs()[0]);
     assert_eq!(
         (first.sent, first.replies_received),

@@ -5,12 +5,12 @@
 //! kernels ≥ 6.6): when the process exits, however it exits, the kernel detaches them, so a
 //! crash never leaves a program forwarding traffic for a daemon that is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::Ebpf;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
@@ -19,7 +19,7 @@ use fanout_core::select::{BackendSet, Distribution, Endpoint, EndpointState};
 use fanout_core::{DropReason, EndpointSnapshot, ListenerSnapshot};
 
 use crate::bindings::UF_MAX_ENDPOINTS;
-use crate::maps::{KernelMaps, MapsError, NexthopCache, SetMaps, StatsMaps};
+use crate::maps::{BANK_REUSE_DELAY, KernelMaps, MapsError, NexthopCache, SetMaps, StatsMaps};
 use crate::programs::{self, LoadError, TC_PROGRAM, XDP_PROGRAM};
 use crate::watch;
 
@@ -79,11 +79,18 @@ struct KListener {
 /// new downstream only while it is in `free_stats`, that is while no listener here lists it,
 /// and a listener's list changes (slots in, slots out to `free_stats`) only under this
 /// struct's lock, which the scrape holds. So the slots a scrape reads are never reset under it.
+///
+/// A slot a listener gave up rests in `resting` for [`BANK_REUSE_DELAY`] before it is free:
+/// a packet may still be running on that listener's retired bank, which names the slot, and
+/// its count must not land on whichever downstream gets the slot next. Only when every other
+/// slot is taken is a resting one handed out early (then one such count can go astray).
 struct Counters {
     stats: StatsMaps,
     /// Fixed at start, in configuration order; listener `i` has id `i`.
     listeners: Vec<KListener>,
     free_stats: Vec<u32>,
+    /// Slots given up, oldest first, with when.
+    resting: VecDeque<(u32, Instant)>,
 }
 
 /// The counter slots for an update of listener `index`, claimed before its bank is written
@@ -157,6 +164,7 @@ impl KernelPlane {
             stats,
             listeners: Vec::new(),
             free_stats: (0..UF_MAX_ENDPOINTS).rev().collect(),
+            resting: VecDeque::new(),
         });
         add_listeners(&mut sets, &counters, &kernel)?;
         let attachments = attach_all(&mut ebpf, &kernel)?;
@@ -336,6 +344,12 @@ impl Counters {
 
     /// A free counter slot, zeroed (returned to the free list if zeroing fails).
     fn fresh_slot(&mut self) -> Result<u32, MapsError> {
+        while let Some(&(id, since)) = self.resting.front()
+            && (since.elapsed() >= BANK_REUSE_DELAY || self.free_stats.is_empty())
+        {
+            self.resting.pop_front();
+            self.free_stats.push(id);
+        }
         let id = self.free_stats.pop().ok_or_else(|| {
             MapsError::TooLarge(format!(
                 "more than {UF_MAX_ENDPOINTS} downstreams in the kernel plane"
@@ -352,8 +366,9 @@ impl Counters {
     /// the slots of the downstreams that left.
     fn publish(&mut self, claim: Claim, endpoints: Vec<Endpoint>) {
         let l = &mut self.listeners[claim.index];
+        let now = Instant::now();
         let gone = l.stats_ids.iter().filter(|id| !claim.ids.contains(id));
-        self.free_stats.extend(gone);
+        self.resting.extend(gone.map(|&id| (id, now)));
         l.endpoints = endpoints;
         l.stats_ids = claim.ids;
     }
@@ -518,10 +533,7 @@ fn attach_tc(ebpf: &mut Ebpf, t: &Target<'_>) -> Result<&'static str, KernelErro
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::time::Instant;
-
     use super::*;
-    use crate::maps::BANK_REUSE_DELAY;
 
     fn ep(port: u16) -> Endpoint {
         Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -565,6 +577,44 @@ mod tests {
             }
             (slowest, scrapes, updater.join().unwrap())
         })
+    }
+
+    /// The counter slot of `listener`'s downstream `port`.
+    fn slot(plane: &KernelPlane, listener: &str, port: u16) -> u32 {
+        let c = lock(&plane.counters);
+        let l = c.listeners.iter().find(|l| l.name == listener).unwrap();
+        let i = l
+            .endpoints
+            .iter()
+            .position(|e| e.addr.port() == port)
+            .unwrap();
+        l.stats_ids[i]
+    }
+
+    /// A slot a listener gives up is not handed to another listener's new downstream until a
+    /// packet still on the retired bank can no longer count into it.
+    #[test]
+    fn a_given_up_counter_slot_rests_before_reuse() {
+        if !fanout_testkit::netns::privileged("a_given_up_counter_slot_rests_before_reuse") {
+            return;
+        }
+        let plane = plane_on_lo(
+            r#"
+  - {name: a, mode: tc_ebpf, interface: lo, bind: "127.0.0.1:5514", downstreams: ["127.0.0.1:6001"]}
+  - {name: b, mode: tc_ebpf, interface: lo, bind: "127.0.0.1:5515", downstreams: ["127.0.0.1:7001"]}
+"#,
+        );
+        let given_up = [slot(&plane, "a", 6001), slot(&plane, "b", 7001)];
+        plane.set_endpoints("a", vec![ep(6002)]).unwrap();
+        plane.set_endpoints("b", vec![ep(7002)]).unwrap();
+        assert!(
+            !given_up.contains(&slot(&plane, "b", 7002)),
+            "reused while resting"
+        );
+        std::thread::sleep(BANK_REUSE_DELAY);
+        plane.set_endpoints("b", vec![ep(7003)]).unwrap();
+        // Rested slots are free again, and come first (the free list is a stack).
+        assert!(given_up.contains(&slot(&plane, "b", 7003)));
     }
 
     /// Updates back to back each wait for the bank the previous one retired; scrapes meanwhile

@@ -7,13 +7,33 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::{Daemon, run_cli, write_config};
+use common::{Daemon, METRICS, assert_contains, run_cli, write_config};
+
+/// Runs the binary on a config file holding `yaml`, with `args` after `--config FILE`;
+/// returns (exit code, stdout, stderr).
+fn run_on(yaml: &str, args: &[&str]) -> (i32, String, String) {
+    let (_dir, path) = write_config(yaml);
+    let mut all = vec!["--config", path.to_str().unwrap()];
+    all.extend(args);
+    run_cli(&all)
+}
+
+/// Runs the binary like [`run_on`] and checks that it exits with 1, naming every one of
+/// `wanted` on stderr; returns (stdout, stderr).
+fn rejected(yaml: &str, args: &[&str], wanted: &[&str]) -> (String, String) {
+    let (code, out, err) = run_on(yaml, args);
+    assert_eq!(code, 1, "{err}");
+    assert_contains(&err, wanted);
+    (out, err)
+}
+
+/// A valid config: listener `a` on a loopback port, forwarding to the discard port.
+const LISTENER_A: &str =
+    "listeners: [{name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:9']}]";
 
 #[test]
 fn check_accepts_a_good_config() {
-    let (_d, path) =
-        write_config("listeners: [{name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:9']}]");
-    let (code, out, _) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
+    let (code, out, _) = run_on(LISTENER_A, &["--check"]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "config OK");
 }
@@ -40,16 +60,12 @@ fn check_accepts_the_shipped_examples() {
 
 #[test]
 fn check_rejects_a_bad_config_naming_the_key() {
-    let (_d, path) = write_config(
+    let (out, _) = rejected(
         "listeners:\n- {name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:9']}\n- {name: b, bind: '127.0.0.1:0', downstreams: ['10.0.0.1']}",
+        &["--check"],
+        &[r#"listeners[1].downstreams[0]: invalid socket address "10.0.0.1""#],
     );
-    let (code, out, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
-    assert_eq!(code, 1);
     assert!(out.is_empty());
-    assert!(
-        err.contains(r#"listeners[1].downstreams[0]: invalid socket address "10.0.0.1""#),
-        "{err}"
-    );
 }
 
 #[test]
@@ -58,32 +74,25 @@ fn bad_config_exits_before_binding_anything() {
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = probe.local_addr().unwrap().port();
     drop(probe);
-    let (_d, path) = write_config(&format!(
-        "listeners:\n- {{name: a, bind: '127.0.0.1:{port}', downstreams: ['127.0.0.1:9']}}\n- {{name: b, bind: '127.0.0.1:0', downstreams: [{{address: '127.0.0.1:9', weight: 0}}]}}"
-    ));
-    let (code, _, err) = run_cli(&["--config", path.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("listeners[1].downstreams[0].weight: weight 0 is invalid"),
-        "{err}"
+    let (_, err) = rejected(
+        &format!(
+            "listeners:\n- {{name: a, bind: '127.0.0.1:{port}', downstreams: ['127.0.0.1:9']}}\n- {{name: b, bind: '127.0.0.1:0', downstreams: [{{address: '127.0.0.1:9', weight: 0}}]}}"
+        ),
+        &[],
+        &["listeners[1].downstreams[0].weight: weight 0 is invalid"],
     );
     assert!(!err.contains("listening"), "must not bind: {err}");
 }
 
 #[test]
 fn kernel_mode_rules_are_checked() {
-    let (_d, path) = write_config(
+    rejected(
         "listeners: [{name: a, bind: '127.0.0.1:0', mode: xdp, downstreams: ['127.0.0.1:9']}]",
-    );
-    let (code, _, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("listeners[0].interface: required with mode: xdp"),
-        "{err}"
-    );
-    assert!(
-        err.contains("listeners[0].bind: mode: xdp needs an explicit port"),
-        "{err}"
+        &["--check"],
+        &[
+            "listeners[0].interface: required with mode: xdp",
+            "listeners[0].bind: mode: xdp needs an explicit port",
+        ],
     );
 }
 
@@ -117,11 +126,11 @@ fn help_and_version() {
 fn port_in_use_is_one_clear_line() {
     let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
-    let (_d, path) = write_config(&format!(
-        "listeners: [{{name: busy, bind: '{addr}', downstreams: ['127.0.0.1:9']}}]"
-    ));
-    let (code, _, err) = run_cli(&["--config", path.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    let (_, err) = rejected(
+        &format!("listeners: [{{name: busy, bind: '{addr}', downstreams: ['127.0.0.1:9']}}]"),
+        &[],
+        &[],
+    );
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(
         errors,
@@ -137,24 +146,18 @@ fn port_in_use_is_one_clear_line() {
 fn metrics_port_in_use_is_a_clear_error() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
-    let (_d, path) = write_config(&format!(
-        "listeners: [{{name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:9']}}]\nmetrics: {{bind: '{addr}'}}"
-    ));
-    let (code, _, err) = run_cli(&["--config", path.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains(&format!(
+    rejected(
+        &format!("{LISTENER_A}\nmetrics: {{bind: '{addr}'}}"),
+        &[],
+        &[&format!(
             "metrics.bind: cannot bind {addr}: address already in use"
-        )),
-        "{err}"
+        )],
     );
 }
 
 #[test]
 fn sigterm_exits_cleanly_and_quickly() {
-    let mut d = Daemon::start(
-        "listeners: [{name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:9']}]\nmetrics: {bind: '127.0.0.1:0'}",
-    );
+    let mut d = Daemon::start(&format!("{LISTENER_A}\n{METRICS}"));
     // Some traffic in flight does not delay the exit.
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     for _ in 0..100 {
@@ -172,8 +175,7 @@ fn sigterm_exits_cleanly_and_quickly() {
 
 #[test]
 fn sigint_exits_cleanly_too() {
-    let d =
-        Daemon::start("listeners: [{name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:9']}]");
+    let d = Daemon::start(LISTENER_A);
     let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let mut d = d;

@@ -10,35 +10,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::{Daemon, eventually};
+use common::{Daemon, METRICS, WAIT, addr_of, one_listener, recording_sinks, sinks, wait_total};
 use fanout_core::FlowKey;
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint, Pick};
-use fanout_testkit::{GenConfig, Sink, SinkHandle, SinkOptions, generator, payload};
+use fanout_testkit::{GenConfig, SinkHandle, generator, payload};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn sinks(n: usize, ip: &str, record: bool) -> Vec<SinkHandle> {
-    (0..n)
-        .map(|_| {
-            let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
-            Sink::bind(
-                &[addr],
-                SinkOptions {
-                    record,
-                    ..SinkOptions::default()
-                },
-            )
-            .unwrap()
-            .start()
-            .unwrap()
-        })
-        .collect()
-}
-
-fn addr_of(s: &SinkHandle) -> SocketAddr {
-    s.local_addrs()[0]
-}
-
+/// `downstreams:` items with these weights: `{address: '…', weight: w}`.
 fn downstream_list(sinks: &[SinkHandle], weights: &[u32]) -> String {
     sinks
         .iter()
@@ -48,6 +25,14 @@ fn downstream_list(sinks: &[SinkHandle], weights: &[u32]) -> String {
         .join(", ")
 }
 
+/// Starts the daemon with one listener over the sinks `s`, each of weight 1: `listener` holds
+/// the listener's other keys.
+fn over(s: &[SinkHandle], listener: &str) -> Daemon {
+    let ds = downstream_list(s, &vec![1; s.len()]);
+    Daemon::start(&one_listener(listener, &ds, &[]))
+}
+
+/// Sends `count` datagrams over `flows` flows cycling `sizes`, all of which must go out.
 fn send(target: SocketAddr, count: u64, flows: u32, sizes: &[usize]) -> fanout_testkit::GenReport {
     let mut g = GenConfig::new(target);
     g.count = Some(count);
@@ -61,19 +46,15 @@ fn send(target: SocketAddr, count: u64, flows: u32, sizes: &[usize]) -> fanout_t
 
 #[test]
 fn round_robin_spreads_exactly_by_weight() {
-    let s = sinks(3, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: rr, bind: '127.0.0.1:0', distribution: round_robin, downstreams: [{}]}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        downstream_list(&s, &[1, 2, 3])
+    let s = sinks(3, "127.0.0.1");
+    let d = Daemon::start(&one_listener(
+        "name: rr, bind: '127.0.0.1:0', distribution: round_robin",
+        &downstream_list(&s, &[1, 2, 3]),
+        &[METRICS],
     ));
     // One flow: one worker's cycle, so the shares are exact.
     send(d.addr("rr"), 6_000, 1, &[64]);
-    let total = || s.iter().map(|x| x.total_datagrams()).sum::<u64>();
-    assert!(
-        eventually(WAIT, || total() == 6_000),
-        "sinks got {}",
-        total()
-    );
+    wait_total(&s, 6_000);
     let got: Vec<u64> = s.iter().map(|x| x.total_datagrams()).collect();
     assert_eq!(got, [1_000, 2_000, 3_000]);
     for x in &s {
@@ -84,18 +65,10 @@ fn round_robin_spreads_exactly_by_weight() {
 
 #[test]
 fn round_robin_over_three_equal_downstreams_with_many_flows() {
-    let s = sinks(3, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: rr, bind: '127.0.0.1:0', downstreams: [{}]}}]",
-        downstream_list(&s, &[1, 1, 1])
-    ));
+    let s = sinks(3, "127.0.0.1");
+    let d = over(&s, "name: rr, bind: '127.0.0.1:0'");
     send(d.addr("rr"), 9_000, 16, &[64, 512]);
-    let total = || s.iter().map(|x| x.total_datagrams()).sum::<u64>();
-    assert!(
-        eventually(WAIT, || total() == 9_000),
-        "sinks got {}",
-        total()
-    );
+    wait_total(&s, 9_000);
     for x in &s {
         // Each worker cycles on its own, so a share is exact up to one cycle per worker.
         let n = x.total_datagrams();
@@ -105,11 +78,8 @@ fn round_robin_over_three_equal_downstreams_with_many_flows() {
 
 #[test]
 fn mirror_delivers_every_size_byte_exact_to_every_downstream() {
-    let s = sinks(2, "127.0.0.1", true);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: tee, bind: '127.0.0.1:0', distribution: mirror, downstreams: [{}]}}]",
-        downstream_list(&s, &[1, 1])
-    ));
+    let s = recording_sinks(2, "127.0.0.1");
+    let d = over(&s, "name: tee, bind: '127.0.0.1:0', distribution: mirror");
     let sizes = [0usize, 1, 1400, 9000, 65_507];
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut sent = Vec::new();
@@ -134,11 +104,8 @@ fn mirror_delivers_every_size_byte_exact_to_every_downstream() {
 
 #[test]
 fn mirror_under_load_loses_nothing() {
-    let s = sinks(2, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: tee, bind: '127.0.0.1:0', distribution: mirror, downstreams: [{}]}}]",
-        downstream_list(&s, &[1, 1])
-    ));
+    let s = sinks(2, "127.0.0.1");
+    let d = over(&s, "name: tee, bind: '127.0.0.1:0', distribution: mirror");
     let r = send(d.addr("tee"), 20_000, 8, &[64, 1400]);
     for x in &s {
         let rep = x.wait_for(r.sent, WAIT);
@@ -150,18 +117,13 @@ fn mirror_under_load_loses_nothing() {
 
 #[test]
 fn consistent_hash_keeps_each_client_on_the_downstream_maglev_predicts() {
-    let s = sinks(3, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: ch, bind: '127.0.0.1:0', distribution: consistent_hash, downstreams: [{}]}}]",
-        downstream_list(&s, &[1, 1, 1])
-    ));
-    let r = send(d.addr("ch"), 6_400, 64, &[100]);
-    let total = || s.iter().map(|x| x.total_datagrams()).sum::<u64>();
-    assert!(
-        eventually(WAIT, || total() == 6_400),
-        "sinks got {}",
-        total()
+    let s = sinks(3, "127.0.0.1");
+    let d = over(
+        &s,
+        "name: ch, bind: '127.0.0.1:0', distribution: consistent_hash",
     );
+    let r = send(d.addr("ch"), 6_400, 64, &[100]);
+    wait_total(&s, 6_400);
     // Where each client landed: the sinks see udp-fanout as the source, so identify the
     // client by the flow id the generator wrote in every payload.
     let mut landed: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -198,11 +160,8 @@ fn consistent_hash_keeps_each_client_on_the_downstream_maglev_predicts() {
 
 #[test]
 fn ipv6_listener_and_downstreams() {
-    let s = sinks(2, "[::1]", true);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: v6, bind: '[::1]:0', distribution: mirror, downstreams: [{}]}}]",
-        downstream_list(&s, &[1, 1])
-    ));
+    let s = recording_sinks(2, "::1");
+    let d = over(&s, "name: v6, bind: '[::1]:0', distribution: mirror");
     assert!(d.addr("v6").is_ipv6());
     let r = send(d.addr("v6"), 500, 4, &[0, 48, 1200, 65_527]);
     for x in &s {
@@ -215,8 +174,7 @@ fn ipv6_listener_and_downstreams() {
 
 #[test]
 fn ipv4_listener_to_ipv6_downstream_and_back() {
-    let s6 = sinks(1, "[::1]", false);
-    let s4 = sinks(1, "127.0.0.1", false);
+    let (s6, s4) = (sinks(1, "::1"), sinks(1, "127.0.0.1"));
     let d = Daemon::start(&format!(
         "listeners:\n- {{name: four, bind: '127.0.0.1:0', downstreams: ['{}']}}\n- {{name: six, bind: '[::1]:0', downstreams: ['{}']}}",
         addr_of(&s6[0]),
@@ -235,17 +193,16 @@ fn unreachable_downstream_does_not_stall_the_others() {
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
-    let s = sinks(1, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: rr, bind: '127.0.0.1:0', downstreams: ['{closed_addr}', '{}']}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        addr_of(&s[0])
+    let s = sinks(1, "127.0.0.1");
+    let d = Daemon::start(&one_listener(
+        "name: rr, bind: '127.0.0.1:0'",
+        &format!("'{closed_addr}', '{}'", addr_of(&s[0])),
+        &[METRICS],
     ));
     send(d.addr("rr"), 4_000, 1, &[64]);
     assert_eq!(s[0].wait_for(2_000, WAIT).total_datagrams(), 2_000);
     let l = r#"listener="rr""#;
-    assert!(eventually(WAIT, || d
-        .metric("udp_fanout_packets_received_total", l)
-        == Some(4_000)));
+    d.wait_metric("udp_fanout_packets_received_total", l, 4_000);
     let fwd = d.metric("udp_fanout_packets_forwarded_total", l).unwrap();
     let send_err = d
         .metric(
@@ -264,21 +221,18 @@ fn unreachable_downstream_does_not_stall_the_others() {
 fn metrics_equal_the_traffic() {
     // A v6 listener mirrored to one v6 and one v4 downstream: datagrams too large for IPv4 are
     // forwarded to the v6 one and dropped (too_large) for the v4 one.
-    let s6 = sinks(1, "[::1]", false);
-    let s4 = sinks(1, "127.0.0.1", false);
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: m, bind: '[::1]:0', distribution: mirror, downstreams: ['{}', '{}']}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        addr_of(&s6[0]),
-        addr_of(&s4[0])
+    let (s6, s4) = (sinks(1, "::1"), sinks(1, "127.0.0.1"));
+    let d = Daemon::start(&one_listener(
+        "name: m, bind: '[::1]:0', distribution: mirror",
+        &format!("'{}', '{}'", addr_of(&s6[0]), addr_of(&s4[0])),
+        &[METRICS],
     ));
     let small = send(d.addr("m"), 1_000, 4, &[100, 300]);
     let big = send(d.addr("m"), 5, 1, &[65_520]);
     assert_eq!(s6[0].wait_for(1_005, WAIT).total_datagrams(), 1_005);
     assert_eq!(s4[0].wait_for(1_000, WAIT).total_datagrams(), 1_000);
     let l = r#"listener="m""#;
-    assert!(eventually(WAIT, || d
-        .metric("udp_fanout_packets_received_total", l)
-        == Some(1_005)));
+    d.wait_metric("udp_fanout_packets_received_total", l, 1_005);
     let text = d.scrape();
     let m = |name: &str, labels: &str| {
         common::metric_value(&text, name, labels)
@@ -322,7 +276,7 @@ fn metrics_equal_the_traffic() {
 #[test]
 fn several_listeners_are_all_served() {
     // Each listener has its own sockets in every worker; all of them must be read.
-    let s = sinks(3, "127.0.0.1", false);
+    let s = sinks(3, "127.0.0.1");
     let d = Daemon::start(&format!(
         "listeners:\n\
          - {{name: a, bind: '127.0.0.1:0', downstreams: ['{}']}}\n\
@@ -364,8 +318,7 @@ fn send_gso(to: SocketAddr, payloads: &[Vec<u8>]) {
 fn gro_buffers_are_split_back_into_their_datagrams() {
     // A client sending GSO runs (like QUIC stacks do) reaches the listener as GRO buffers of
     // many datagrams; each must be counted, balanced and delivered on its own, byte-exact.
-    let s = sinks(2, "127.0.0.1", true);
-    let t = sinks(2, "127.0.0.1", false);
+    let (s, t) = (recording_sinks(2, "127.0.0.1"), sinks(2, "127.0.0.1"));
     let d = Daemon::start(&format!(
         "listeners:\n- {{name: rr, bind: '127.0.0.1:0', downstreams: [{}]}}\n- {{name: tee, bind: '127.0.0.1:0', distribution: mirror, downstreams: [{}]}}\nmetrics: {{bind: '127.0.0.1:0'}}",
         downstream_list(&s, &[1, 1]),
@@ -376,11 +329,7 @@ fn gro_buffers_are_split_back_into_their_datagrams() {
         .collect();
     send_gso(d.addr("rr"), &payloads[..]);
     send_gso(d.addr("tee"), &payloads[..]);
-    assert!(eventually(WAIT, || s
-        .iter()
-        .map(|x| x.total_datagrams())
-        .sum::<u64>()
-        == 60));
+    wait_total(&s, 60);
     // One flow, one worker: the round-robin alternates exactly, datagram by datagram.
     let got: Vec<Vec<Vec<u8>>> = s
         .iter()
@@ -413,23 +362,14 @@ fn gro_buffers_are_split_back_into_their_datagrams() {
             (60, 60, 0)
         );
     }
-    assert!(eventually(WAIT, || d
-        .metric("udp_fanout_packets_received_total", "listener=\"rr\"")
-        == Some(60)));
-    assert_eq!(
-        d.metric("udp_fanout_packets_forwarded_total", "listener=\"rr\""),
-        Some(60)
-    );
-    assert_eq!(
-        d.metric("udp_fanout_packets_received_total", "listener=\"tee\""),
-        Some(60)
-    );
-    assert_eq!(
-        d.metric("udp_fanout_packets_forwarded_total", "listener=\"tee\""),
-        Some(120)
-    );
-    assert_eq!(
-        d.metric("udp_fanout_bytes_received_total", "listener=\"rr\""),
-        Some(60 * 500)
-    );
+    d.wait_metric("udp_fanout_packets_received_total", "listener=\"rr\"", 60);
+    for (name, listener, want) in [
+        ("udp_fanout_packets_forwarded_total", "rr", 60),
+        ("udp_fanout_packets_received_total", "tee", 60),
+        ("udp_fanout_packets_forwarded_total", "tee", 120),
+        ("udp_fanout_bytes_received_total", "rr", 60 * 500),
+    ] {
+        let got = d.metric(name, &format!("listener=\"{listener}\""));
+        assert_eq!(got, Some(want), "{name} of {listener}");
+    }
 }

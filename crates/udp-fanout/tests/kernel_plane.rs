@@ -18,12 +18,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use common::netns::{Topology, enter, ip, privileged_or_skip, sh};
-use common::{Daemon, eventually};
+use common::{Daemon, WAIT, eventually, total, wait_total};
 use fanout_core::FlowKey;
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint, Pick};
 use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 
-const WAIT: Duration = Duration::from_secs(10);
 const PORT: u16 = 5514;
 const SINK_PORT: u16 = 7000;
 
@@ -35,10 +34,7 @@ fn sinks(t: &Topology) -> Vec<SinkHandle> {
         .map(|(ns, ip)| {
             enter(ns, || {
                 let addr: SocketAddr = format!("{ip}:{SINK_PORT}").parse().unwrap();
-                Sink::bind(&[addr], SinkOptions::default())
-                    .unwrap()
-                    .start()
-                    .unwrap()
+                Sink::serve(&[addr], SinkOptions::default()).unwrap()
             })
         })
         .collect()
@@ -72,8 +68,34 @@ fn config(t: &Topology, mode: &str, distribution: &str, backends: usize) -> Stri
     )
 }
 
-fn total(s: &[SinkHandle]) -> u64 {
-    s.iter().map(|x| x.total_datagrams()).sum()
+/// A topology of `backends` backends with a sink on each, and the daemon on the load balancer
+/// (`mode`, `distribution` over all backends), its neighbours resolved.
+fn serve(backends: usize, mode: &str, distribution: &str) -> (Topology, Vec<SinkHandle>, Daemon) {
+    let t = Topology::new(backends);
+    let s = sinks(&t);
+    let d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, distribution, backends));
+    t.warm_neighbours();
+    (t, s, d)
+}
+
+/// An `xdp` and a `tc_ebpf` test of `check(mode)`, each run only when privileged (`what` names
+/// what is skipped otherwise).
+macro_rules! in_both_modes {
+    ($check:ident, $what:literal, $xdp:ident, $tc:ident) => {
+        #[test]
+        fn $xdp() {
+            if privileged_or_skip(concat!("xdp ", $what)) {
+                $check("xdp");
+            }
+        }
+
+        #[test]
+        fn $tc() {
+            if privileged_or_skip(concat!("tc_ebpf ", $what)) {
+                $check("tc_ebpf");
+            }
+        }
+    };
 }
 
 /// Every sink saw only the client's address as source: the kernel plane forwarded (the
@@ -90,22 +112,19 @@ fn assert_client_source(t: &Topology, s: &[SinkHandle]) {
     }
 }
 
+/// The labels of listener `k`'s counters.
+const K: &str = "listener=\"k\"";
+
+/// Listener `k`'s counter `name`.
 fn metric(d: &Daemon, name: &str) -> u64 {
-    d.metric(name, "listener=\"k\"")
+    d.metric(name, K)
         .unwrap_or_else(|| panic!("{name} missing:\n{}", d.scrape()))
 }
 
 fn round_robin(mode: &str) {
-    let t = Topology::new(3);
-    let s = sinks(&t);
-    let d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, "round_robin", 3));
-    t.warm_neighbours();
+    let (t, s, d) = serve(3, mode, "round_robin");
     let r = send(&t, 3_000, 1, &[0, 64, 512, 1_400], 20_000);
-    assert!(
-        eventually(WAIT, || total(&s) == 3_000),
-        "delivered {} of 3000",
-        total(&s)
-    );
+    wait_total(&s, 3_000);
     for x in &s {
         let rep = x.snapshot();
         let n = rep.total_datagrams();
@@ -114,10 +133,7 @@ fn round_robin(mode: &str) {
         assert_eq!((rep.total_corrupt(), rep.total_duplicates()), (0, 0));
     }
     assert_client_source(&t, &s);
-    assert!(eventually(WAIT, || metric(
-        &d,
-        "udp_fanout_packets_received_total"
-    ) == 3_000));
+    d.wait_metric("udp_fanout_packets_received_total", K, 3_000);
     assert_eq!(metric(&d, "udp_fanout_packets_forwarded_total"), 3_000);
     assert_eq!(metric(&d, "udp_fanout_bytes_received_total"), r.bytes_sent);
     let per: u64 = t
@@ -134,27 +150,17 @@ fn round_robin(mode: &str) {
     assert_eq!(per, 3_000);
 }
 
-#[test]
-fn xdp_round_robin_delivers_every_datagram_byte_exact() {
-    if privileged_or_skip("xdp end-to-end") {
-        round_robin("xdp");
-    }
-}
-
-#[test]
-fn tc_round_robin_delivers_every_datagram_byte_exact() {
-    if privileged_or_skip("tc_ebpf end-to-end") {
-        round_robin("tc_ebpf");
-    }
-}
+in_both_modes!(
+    round_robin,
+    "end-to-end",
+    xdp_round_robin_delivers_every_datagram_byte_exact,
+    tc_round_robin_delivers_every_datagram_byte_exact
+);
 
 fn consistent_hash(mode: &str) {
-    let t = Topology::new(3);
-    let s = sinks(&t);
-    let _d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, "consistent_hash", 3));
-    t.warm_neighbours();
+    let (t, s, _d) = serve(3, mode, "consistent_hash");
     let r = send(&t, 3_200, 32, &[100], 20_000);
-    assert!(eventually(WAIT, || total(&s) == 3_200));
+    wait_total(&s, 3_200);
     let set = BackendSet::new(
         Distribution::ConsistentHash,
         t.backend_ips
@@ -183,29 +189,19 @@ fn consistent_hash(mode: &str) {
     assert_client_source(&t, &s);
 }
 
-#[test]
-fn xdp_consistent_hash_matches_the_userspace_choice() {
-    if privileged_or_skip("xdp end-to-end") {
-        consistent_hash("xdp");
-    }
-}
-
-#[test]
-fn tc_consistent_hash_matches_the_userspace_choice() {
-    if privileged_or_skip("tc_ebpf end-to-end") {
-        consistent_hash("tc_ebpf");
-    }
-}
+in_both_modes!(
+    consistent_hash,
+    "end-to-end",
+    xdp_consistent_hash_matches_the_userspace_choice,
+    tc_consistent_hash_matches_the_userspace_choice
+);
 
 #[test]
 fn tc_mirror_copies_every_datagram_to_every_backend() {
     if !privileged_or_skip("tc_ebpf mirror end-to-end") {
         return;
     }
-    let t = Topology::new(3);
-    let s = sinks(&t);
-    let d = Daemon::start_in(Some(t.lb.name()), &config(&t, "tc_ebpf", "mirror", 3));
-    t.warm_neighbours();
+    let (t, s, d) = serve(3, "tc_ebpf", "mirror");
     let r = send(&t, 2_000, 4, &[0, 300, 1_400], 10_000);
     for x in &s {
         let rep = x.wait_for(2_000, WAIT);
@@ -216,10 +212,7 @@ fn tc_mirror_copies_every_datagram_to_every_backend() {
         assert_eq!((rep.total_corrupt(), rep.total_duplicates()), (0, 0));
     }
     assert_client_source(&t, &s);
-    assert!(eventually(WAIT, || metric(
-        &d,
-        "udp_fanout_packets_forwarded_total"
-    ) == 6_000));
+    d.wait_metric("udp_fanout_packets_forwarded_total", K, 6_000);
     assert_eq!(metric(&d, "udp_fanout_packets_received_total"), 2_000);
     assert_eq!(
         metric(&d, "udp_fanout_bytes_forwarded_total"),
@@ -289,19 +282,12 @@ fn live_change(mode: &str) {
     }
 }
 
-#[test]
-fn xdp_live_downstream_change_loses_nothing() {
-    if privileged_or_skip("xdp live change") {
-        live_change("xdp");
-    }
-}
-
-#[test]
-fn tc_live_downstream_change_loses_nothing() {
-    if privileged_or_skip("tc_ebpf live change") {
-        live_change("tc_ebpf");
-    }
-}
+in_both_modes!(
+    live_change,
+    "live change",
+    xdp_live_downstream_change_loses_nothing,
+    tc_live_downstream_change_loses_nothing
+);
 
 /// The BPF links a process holds, from its fdinfo: (link type, link id).
 fn links_of(pid: u32) -> Vec<(String, u32)> {
@@ -362,21 +348,18 @@ fn detaches(mode: &str, signal: nix::sys::signal::Signal) {
     }
 }
 
-#[test]
-fn xdp_is_detached_after_sigterm_and_after_a_crash() {
-    if privileged_or_skip("xdp detach") {
-        detaches("xdp", nix::sys::signal::Signal::SIGTERM);
-        detaches("xdp", nix::sys::signal::Signal::SIGKILL);
-    }
+/// [`detaches`] after SIGTERM, then after SIGKILL (a crash).
+fn detaches_after_term_and_kill(mode: &str) {
+    detaches(mode, nix::sys::signal::Signal::SIGTERM);
+    detaches(mode, nix::sys::signal::Signal::SIGKILL);
 }
 
-#[test]
-fn tc_is_detached_after_sigterm_and_after_a_crash() {
-    if privileged_or_skip("tc_ebpf detach") {
-        detaches("tc_ebpf", nix::sys::signal::Signal::SIGTERM);
-        detaches("tc_ebpf", nix::sys::signal::Signal::SIGKILL);
-    }
-}
+in_both_modes!(
+    detaches_after_term_and_kill,
+    "detach",
+    xdp_is_detached_after_sigterm_and_after_a_crash,
+    tc_is_detached_after_sigterm_and_after_a_crash
+);
 
 #[test]
 fn attach_errors_name_the_cause() {
@@ -485,10 +468,7 @@ fn next_hop_cache_follows_a_neighbour_change_at_once() {
     // The programs cache each downstream's next hop (MAC addresses) for 5 s; a neighbour change
     // must take effect immediately (udp-fanout clears the cache on rtnetlink events), or every
     // datagram would go to the old MAC address and be dropped by the backend.
-    let t = Topology::new(1);
-    let s = sinks(&t);
-    let _d = Daemon::start_in(Some(t.lb.name()), &config(&t, "xdp", "round_robin", 1));
-    t.warm_neighbours();
+    let (t, s, _d) = serve(1, "xdp", "round_robin");
     send(&t, 500, 4, &[100], 10_000);
     assert_eq!(s[0].wait_for(500, WAIT).total_datagrams(), 500);
     // The backend changes its MAC address; the load balancer learns it (as ARP would tell it).

@@ -5,172 +5,179 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{addresses, echo_sinks, eventually, one_listener};
 use fanout_control::{Control, Desired, Plane, Source};
 use fanout_core::select::{Endpoint, EndpointState};
-use fanout_testkit::{Sink, SinkHandle, SinkOptions};
-use fanout_userspace::UserspacePlane;
+use fanout_testkit::SinkHandle;
+use fanout_userspace::{ListenerShared, UserspacePlane};
 
-fn echo_sink() -> SinkHandle {
-    Sink::bind(
-        &["127.0.0.1:0".parse().unwrap()],
-        SinkOptions {
-            echo: true,
-            ..SinkOptions::default()
-        },
-    )
-    .unwrap()
-    .start()
-    .unwrap()
-}
-
-fn ask(c: &UdpSocket, to: SocketAddr, what: &[u8]) {
-    c.send_to(what, to).unwrap();
-    let mut buf = [0u8; 64];
-    let (n, from) = c.recv_from(&mut buf).unwrap();
-    assert_eq!((&buf[..n], from), (what, to));
-}
-
-/// Waits until the two sinks together counted `n` datagrams (a sink may answer before its
-/// counter is published).
-fn settle(a: &SinkHandle, b: &SinkHandle, n: u64) {
-    let t0 = std::time::Instant::now();
-    while a.total_datagrams() + b.total_datagrams() < n {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "sinks did not count {n}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
+/// A client socket that waits up to 10 s for an answer.
 fn client() -> UdpSocket {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c
 }
 
-fn start(a: &SinkHandle, b: &SinkHandle) -> (Arc<UserspacePlane>, Control) {
-    let cfg = fanout_config::from_yaml(&format!(
-        "listeners: [{{name: l, bind: '127.0.0.1:0', downstreams: ['{}', '{}'], session: {{reply: true}}}}]\ndataplane: {{workers: 1}}",
-        a.local_addrs()[0],
-        b.local_addrs()[0]
-    ))
-    .unwrap();
-    let plane = Arc::new(UserspacePlane::start(&cfg).unwrap());
-    let control = Control::new(
-        Desired::from_config(&cfg),
-        vec![Arc::clone(&plane) as Arc<dyn Plane>],
-    );
-    (plane, control)
+/// What every test here runs against: two echo sinks, and a userspace plane (one worker)
+/// whose listener `l` balances over them and relays replies, under a control plane.
+struct Rig {
+    a: SinkHandle,
+    b: SinkHandle,
+    plane: Arc<UserspacePlane>,
+    control: Control,
+    /// Listener `l`.
+    l: Arc<ListenerShared>,
+    /// Its address.
+    to: SocketAddr,
 }
 
-/// Replaces listener `l`'s downstreams through the control plane, which records them.
-fn set(control: &Control, endpoints: Vec<Endpoint>) {
-    control.set_endpoints("l", endpoints.clone()).unwrap();
-    let d = control.desired();
-    let l = d.listener("l").unwrap();
-    assert_eq!((l.source, &l.endpoints), (Source::Runtime, &endpoints));
-}
+impl Rig {
+    fn start() -> Rig {
+        let s = echo_sinks(2, "127.0.0.1");
+        let cfg = fanout_config::from_yaml(&one_listener(
+            "name: l, bind: '127.0.0.1:0', session: {reply: true}",
+            &addresses(&s),
+            &["dataplane: {workers: 1}"],
+        ))
+        .unwrap();
+        let [a, b]: [SinkHandle; 2] = s.try_into().unwrap();
+        let plane = Arc::new(UserspacePlane::start(&cfg).unwrap());
+        let control = Control::new(
+            Desired::from_config(&cfg),
+            vec![Arc::clone(&plane) as Arc<dyn Plane>],
+        );
+        let l = Arc::clone(plane.listener("l").unwrap());
+        let to = l.local_addr();
+        Rig {
+            a,
+            b,
+            plane,
+            control,
+            l,
+            to,
+        }
+    }
 
-fn stop(plane: Arc<UserspacePlane>, control: Control) {
-    drop(control);
-    Arc::into_inner(plane).unwrap().stop();
+    /// Sends `what` from `c` to the listener and checks that it comes back from there,
+    /// unchanged.
+    fn ask(&self, c: &UdpSocket, what: &[u8]) {
+        c.send_to(what, self.to).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (what, self.to));
+    }
+
+    /// Waits until the two sinks together counted `n` datagrams (a sink may answer before its
+    /// counter is published).
+    fn settle(&self, n: u64) {
+        let both = || self.a.total_datagrams() + self.b.total_datagrams();
+        assert!(
+            eventually(Duration::from_secs(5), || both() >= n),
+            "sinks did not count {n}"
+        );
+    }
+
+    /// Opens `c`'s session with `what` and returns the sink it landed on, then the other one.
+    fn open_session(&self, c: &UdpSocket, what: &[u8]) -> (&SinkHandle, &SinkHandle) {
+        self.ask(c, what);
+        self.settle(1);
+        if self.a.total_datagrams() == 1 {
+            (&self.a, &self.b)
+        } else {
+            (&self.b, &self.a)
+        }
+    }
+
+    /// Replaces listener `l`'s downstreams through the control plane, which records them.
+    fn set(&self, endpoints: Vec<Endpoint>) {
+        self.control.set_endpoints("l", endpoints.clone()).unwrap();
+        let d = self.control.desired();
+        let l = d.listener("l").unwrap();
+        assert_eq!((l.source, &l.endpoints), (Source::Runtime, &endpoints));
+    }
+
+    /// Stops the control plane, then the plane.
+    fn stop(self) {
+        drop(self.control);
+        Arc::into_inner(self.plane).unwrap().stop();
+    }
 }
 
 #[test]
 fn sessions_on_a_removed_downstream_are_repinned() {
-    let (a, b) = (echo_sink(), echo_sink());
-    let (plane, control) = start(&a, &b);
-    let l = plane.listener("l").unwrap();
-    let to = l.local_addr();
+    let r = Rig::start();
     let c = client();
-    ask(&c, to, b"one");
-    settle(&a, &b, 1);
-    let (first, other) = if a.total_datagrams() == 1 {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
+    let (first, other) = r.open_session(&c, b"one");
     assert_eq!(first.total_datagrams(), 1);
     // Remove the session's downstream.
-    set(&control, vec![Endpoint::new(other.local_addrs()[0])]);
-    ask(&c, to, b"two");
-    settle(&a, &b, 2);
+    r.set(vec![Endpoint::new(other.local_addrs()[0])]);
+    r.ask(&c, b"two");
+    r.settle(2);
     assert_eq!(
         other.total_datagrams(),
         1,
         "re-pinned to the remaining downstream"
     );
     assert_eq!(first.total_datagrams(), 1);
-    let snap = l.snapshot();
+    let snap = r.l.snapshot();
     assert_eq!(snap.sessions.repinned, 1);
     assert_eq!(snap.sessions.created, 1, "the same session moved");
     assert_eq!(snap.sessions_active, Some(1));
     // And it stays there.
-    ask(&c, to, b"three");
-    settle(&a, &b, 3);
+    r.ask(&c, b"three");
+    r.settle(3);
     assert_eq!(other.total_datagrams(), 2);
-    stop(plane, control);
+    r.stop();
 }
 
 #[test]
 fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
-    let (a, b) = (echo_sink(), echo_sink());
-    let (plane, control) = start(&a, &b);
-    let l = plane.listener("l").unwrap();
-    let to = l.local_addr();
+    let r = Rig::start();
     let c1 = client();
-    ask(&c1, to, b"x");
-    settle(&a, &b, 1);
-    let (first, other) = if a.total_datagrams() == 1 {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
+    let (first, other) = r.open_session(&c1, b"x");
     let mut e1 = Endpoint::new(first.local_addrs()[0]);
     e1.state = EndpointState::Draining;
-    set(&control, vec![e1, Endpoint::new(other.local_addrs()[0])]);
+    r.set(vec![e1, Endpoint::new(other.local_addrs()[0])]);
     for _ in 0..5 {
-        ask(&c1, to, b"x");
+        r.ask(&c1, b"x");
     }
-    settle(&a, &b, 6);
+    r.settle(6);
     assert_eq!(
         first.total_datagrams(),
         6,
         "the existing session stays on the draining downstream"
     );
     for _ in 0..5 {
-        ask(&client(), to, b"new");
+        r.ask(&client(), b"new");
     }
-    settle(&a, &b, 11);
+    r.settle(11);
     assert_eq!(other.total_datagrams(), 5, "new sessions go elsewhere");
-    assert_eq!(l.snapshot().sessions.repinned, 0);
-    stop(plane, control);
+    assert_eq!(r.l.snapshot().sessions.repinned, 0);
+    r.stop();
 }
 
 #[test]
 fn emptied_set_drops_with_no_downstream_then_recovers() {
-    let (a, b) = (echo_sink(), echo_sink());
-    let (plane, control) = start(&a, &b);
-    let l = plane.listener("l").unwrap();
-    let to = l.local_addr();
+    let r = Rig::start();
     let c = client();
-    ask(&c, to, b"x");
-    set(&control, vec![]);
-    c.send_to(b"lost", to).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while l.snapshot().dropped[fanout_core::DropReason::NoDownstream.index()] == 0 {
-        assert!(std::time::Instant::now() < deadline, "drop not counted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    set(&control, vec![Endpoint::new(b.local_addrs()[0])]);
-    ask(&c, to, b"back");
-    let s = l.snapshot();
+    r.ask(&c, b"x");
+    r.set(vec![]);
+    c.send_to(b"lost", r.to).unwrap();
+    let no_downstream = || r.l.snapshot().dropped[fanout_core::DropReason::NoDownstream.index()];
+    assert!(
+        eventually(Duration::from_secs(5), || no_downstream() > 0),
+        "drop not counted"
+    );
+    r.set(vec![Endpoint::new(r.b.local_addrs()[0])]);
+    r.ask(&c, b"back");
+    let s = r.l.snapshot();
     assert_eq!(s.received, 3);
     assert_eq!(s.forwarded + s.dropped_total(), 3);
-    stop(plane, control);
+    r.stop();
 }

@@ -175,6 +175,20 @@ fn dig_through_udp_fanout_to_two_dnsmasq() {
     );
 }
 
+/// `bin args…` with its stdin and stdout piped to the test (its stderr dropped), killed on
+/// drop.
+fn talking(bin: &str, args: &[&str]) -> Proc {
+    Proc(
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Lines a child writes to stdout, readable with a timeout.
 fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     let out = child.stdout.take().unwrap();
@@ -208,6 +222,7 @@ fn dtls_handshake_and_a_line_each_way_through_udp_fanout() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let (key, cert) = (key.to_str().unwrap(), cert.to_str().unwrap());
     let st = Command::new(&openssl)
         .args([
             "req",
@@ -219,11 +234,11 @@ fn dtls_handshake_and_a_line_each_way_through_udp_fanout() {
             "/CN=udp-fanout-test",
             "-days",
             "1",
+            "-keyout",
+            key,
+            "-out",
+            cert,
         ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -233,44 +248,22 @@ fn dtls_handshake_and_a_line_each_way_through_udp_fanout() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap().port()
     };
-    let mut server = Proc(
-        Command::new(&openssl)
-            .args([
-                "s_server",
-                "-dtls",
-                "-quiet",
-                "-accept",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let accept = format!("127.0.0.1:{port}");
+    let mut server = talking(
+        &openssl,
+        &[
+            "s_server", "-dtls", "-quiet", "-accept", &accept, "-cert", cert, "-key", key,
+        ],
     );
     let d = Daemon::start(&format!(
         "listeners: [{{name: dtls, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:{port}'], session: {{reply: true}}}}]"
     ));
     // Give s_server a moment to bind before the first ClientHello (it retransmits anyway).
     std::thread::sleep(Duration::from_millis(300));
-    let mut client = Proc(
-        Command::new(&openssl)
-            .args([
-                "s_client",
-                "-dtls",
-                "-quiet",
-                "-connect",
-                &d.addr("dtls").to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let connect = d.addr("dtls").to_string();
+    let mut client = talking(
+        &openssl,
+        &["s_client", "-dtls", "-quiet", "-connect", &connect],
     );
     let server_out = lines(&mut server.0);
     let client_out = lines(&mut client.0);

@@ -12,36 +12,18 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::{Daemon, eventually};
-use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
+use common::{
+    Daemon, METRICS, WAIT, addresses, echo_sinks, eventually, one_listener, sinks, wait_total,
+};
+use fanout_testkit::{GenConfig, GenReport, SinkHandle, generator};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn echo_sinks(n: usize, ip: &str) -> Vec<SinkHandle> {
-    (0..n)
-        .map(|_| {
-            let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
-            Sink::bind(
-                &[addr],
-                SinkOptions {
-                    echo: true,
-                    ..SinkOptions::default()
-                },
-            )
-            .unwrap()
-            .start()
-            .unwrap()
-        })
-        .collect()
+/// Starts the daemon with one listener over the sinks `s` (by address): `listener` holds the
+/// listener's other keys, `rest` the config's other lines.
+fn over(s: &[SinkHandle], listener: &str, rest: &[&str]) -> Daemon {
+    Daemon::start(&one_listener(listener, &addresses(s), rest))
 }
 
-fn list(s: &[SinkHandle]) -> String {
-    s.iter()
-        .map(|x| format!("'{}'", x.local_addrs()[0]))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
+/// `count` requests over `flows` clients, waiting for every answer.
 fn request(target: SocketAddr, count: u64, flows: u32) -> GenReport {
     let mut g = GenConfig::new(target);
     g.count = Some(count);
@@ -69,10 +51,11 @@ fn reply_drop(d: &Daemon, listener: &str, reason: &str) -> u64 {
 #[test]
 fn reply_comes_back_from_the_listener_address() {
     let s = echo_sinks(2, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: dns, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true}}}}]",
-        list(&s)
-    ));
+    let d = over(
+        &s,
+        "name: dns, bind: '127.0.0.1:0', session: {reply: true}",
+        &[],
+    );
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();
     for i in 0..5u8 {
@@ -91,10 +74,11 @@ fn reply_comes_back_from_the_listener_address() {
 #[test]
 fn many_clients_each_get_their_own_answers() {
     let s = echo_sinks(3, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: rr, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true}}}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        list(&s)
-    ));
+    let d = over(
+        &s,
+        "name: rr, bind: '127.0.0.1:0', session: {reply: true}",
+        &[METRICS],
+    );
     let r = request(d.addr("rr"), 6_000, 60);
     assert_eq!(r.replies_received, 6_000, "{r:?}");
     assert_eq!(
@@ -103,11 +87,7 @@ fn many_clients_each_get_their_own_answers() {
         "answers reached the wrong client"
     );
     assert!(r.per_flow.iter().all(|f| f.replies == f.sent));
-    assert!(eventually(WAIT, || metric(
-        &d,
-        "udp_fanout_replies_total",
-        "rr"
-    ) == 6_000));
+    d.wait_metric("udp_fanout_replies_total", "listener=\"rr\"", 6_000);
     assert_eq!(metric(&d, "udp_fanout_replies_received_total", "rr"), 6_000);
     assert_eq!(metric(&d, "udp_fanout_sessions_created_total", "rr"), 60);
     assert_eq!(metric(&d, "udp_fanout_sessions_active", "rr"), 60);
@@ -131,11 +111,12 @@ fn many_clients_each_get_their_own_answers() {
 
 #[test]
 fn consistent_hash_and_ipv6_with_replies() {
-    let s = echo_sinks(2, "[::1]");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: v6, bind: '[::1]:0', distribution: consistent_hash, downstreams: [{}], session: {{reply: true}}}}]",
-        list(&s)
-    ));
+    let s = echo_sinks(2, "::1");
+    let d = over(
+        &s,
+        "name: v6, bind: '[::1]:0', distribution: consistent_hash, session: {reply: true}",
+        &[],
+    );
     let r = request(d.addr("v6"), 2_000, 20);
     assert_eq!((r.replies_received, r.reply_invalid), (2_000, 0), "{r:?}");
 }
@@ -143,12 +124,13 @@ fn consistent_hash_and_ipv6_with_replies() {
 #[test]
 fn ipv4_clients_with_ipv6_and_ipv4_downstreams() {
     // Upstream sockets are dual-stack: one pool serves both families.
-    let mut s = echo_sinks(1, "[::1]");
+    let mut s = echo_sinks(1, "::1");
     s.extend(echo_sinks(1, "127.0.0.1"));
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: mixed, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true}}}}]",
-        list(&s)
-    ));
+    let d = over(
+        &s,
+        "name: mixed, bind: '127.0.0.1:0', session: {reply: true}",
+        &[],
+    );
     let r = request(d.addr("mixed"), 1_000, 20);
     assert_eq!((r.replies_received, r.reply_invalid), (1_000, 0), "{r:?}");
     assert!(s.iter().all(|x| x.total_datagrams() > 0));
@@ -157,10 +139,8 @@ fn ipv4_clients_with_ipv6_and_ipv4_downstreams() {
 #[test]
 fn non_sticky_sessions_spread_each_datagram_and_still_answer() {
     let s = echo_sinks(2, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: rr, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true, sticky: false}}}}]",
-        list(&s)
-    ));
+    let listener = "name: rr, bind: '127.0.0.1:0', session: {reply: true, sticky: false}";
+    let d = over(&s, listener, &[]);
     let r = request(d.addr("rr"), 1_000, 1);
     assert_eq!((r.replies_received, r.reply_invalid), (1_000, 0), "{r:?}");
     // One client, one worker: its datagrams alternate exactly.
@@ -171,10 +151,8 @@ fn non_sticky_sessions_spread_each_datagram_and_still_answer() {
 #[test]
 fn idle_sessions_expire_and_free_their_slot() {
     let s = echo_sinks(1, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: idle, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true, idle_timeout_secs: 1}}}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        list(&s)
-    ));
+    let listener = "name: idle, bind: '127.0.0.1:0', session: {reply: true, idle_timeout_secs: 1}";
+    let d = over(&s, listener, &[METRICS]);
     let r = request(d.addr("idle"), 30, 3);
     assert_eq!(r.replies_received, 30);
     assert_eq!(metric(&d, "udp_fanout_sessions_active", "idle"), 3);
@@ -193,10 +171,8 @@ fn idle_sessions_expire_and_free_their_slot() {
 #[test]
 fn a_full_table_evicts_and_never_blocks() {
     let s = echo_sinks(1, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: small, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true, max_sessions: 4}}}}]\nmetrics: {{bind: '127.0.0.1:0'}}\ndataplane: {{workers: 1}}",
-        list(&s)
-    ));
+    let listener = "name: small, bind: '127.0.0.1:0', session: {reply: true, max_sessions: 4}";
+    let d = over(&s, listener, &[METRICS, "dataplane: {workers: 1}"]);
     // 10 clients in turn on a 4-session table: each new one evicts the oldest, and every
     // request still gets its answer (the requester's session is the newest).
     for _ in 0..10 {
@@ -215,10 +191,8 @@ fn a_full_table_evicts_and_never_blocks() {
 #[test]
 fn mirror_relays_only_the_primary_and_counts_shadow_replies() {
     let s = echo_sinks(3, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: tee, bind: '127.0.0.1:0', distribution: mirror, downstreams: [{}], session: {{reply: true}}}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        list(&s)
-    ));
+    let listener = "name: tee, bind: '127.0.0.1:0', distribution: mirror, session: {reply: true}";
+    let d = over(&s, listener, &[METRICS]);
     let r = request(d.addr("tee"), 1_000, 10);
     assert_eq!(
         (r.replies_received, r.reply_duplicates, r.reply_invalid),
@@ -243,10 +217,11 @@ fn mirror_relays_only_the_primary_and_counts_shadow_replies() {
 #[test]
 fn replies_from_strangers_are_dropped_and_counted() {
     let s = echo_sinks(1, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: l, bind: '127.0.0.1:0', downstreams: [{}], session: {{reply: true}}}}]\nmetrics: {{bind: '127.0.0.1:0'}}",
-        list(&s)
-    ));
+    let d = over(
+        &s,
+        "name: l, bind: '127.0.0.1:0', session: {reply: true}",
+        &[METRICS],
+    );
     let r = request(d.addr("l"), 10, 1);
     assert_eq!(r.replies_received, 10);
     // The downstream saw udp-fanout's upstream port: a stranger sends there.
@@ -264,10 +239,11 @@ fn replies_from_strangers_are_dropped_and_counted() {
 #[test]
 fn wildcard_listener_answers_from_the_address_the_client_wrote_to() {
     let s = echo_sinks(1, "127.0.0.1");
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: any, bind: '0.0.0.0:0', downstreams: [{}], session: {{reply: true}}}}]",
-        list(&s)
-    ));
+    let d = over(
+        &s,
+        "name: any, bind: '0.0.0.0:0', session: {reply: true}",
+        &[],
+    );
     let port = d.addr("any").port();
     for ip in ["127.0.0.1", "127.0.0.2", "127.3.4.5"] {
         let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
@@ -283,28 +259,18 @@ fn wildcard_listener_answers_from_the_address_the_client_wrote_to() {
 
 #[test]
 fn sticky_sessions_without_replies_pin_clients_for_round_robin() {
-    let s: Vec<SinkHandle> = (0..2)
-        .map(|_| {
-            Sink::bind(&["127.0.0.1:0".parse().unwrap()], SinkOptions::default())
-                .unwrap()
-                .start()
-                .unwrap()
-        })
-        .collect();
-    let d = Daemon::start(&format!(
-        "listeners: [{{name: logs, bind: '127.0.0.1:0', downstreams: [{}], session: {{sticky: true}}}}]",
-        list(&s)
-    ));
+    let s = sinks(2, "127.0.0.1");
+    let d = over(
+        &s,
+        "name: logs, bind: '127.0.0.1:0', session: {sticky: true}",
+        &[],
+    );
     let mut g = GenConfig::new(d.addr("logs"));
     g.count = Some(2_000);
     g.flows = 20;
     g.rate_pps = 20_000;
     generator::run(&g, &AtomicBool::new(false)).unwrap();
-    assert!(eventually(WAIT, || s
-        .iter()
-        .map(|x| x.total_datagrams())
-        .sum::<u64>()
-        == 2_000));
+    wait_total(&s, 2_000);
     let mut at: BTreeMap<u32, usize> = BTreeMap::new();
     for x in &s {
         for f in &x.snapshot().ports[0].flows {

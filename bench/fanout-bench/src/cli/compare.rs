@@ -78,10 +78,7 @@ pub(super) fn run(a: CompareArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     if a.quick && a.write.is_some() {
         bail!("--write needs a full run: --quick measures no speeds");
     }
-    let bin = match a.udp_fanout {
-        Some(p) => p,
-        None => compare::default_udp_fanout()?,
-    };
+    let bin = a.udp_fanout.map_or_else(compare::default_udp_fanout, Ok)?;
     let mut cfg = if a.quick {
         CompareConfig::quick(bin)
     } else {
@@ -139,11 +136,7 @@ pub(super) fn run(a: CompareArgs, stop: &AtomicBool) -> anyhow::Result<()> {
             }
         );
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{md}");
-    }
+    super::print_report(a.json, &report, |_| md)?;
     if !report.failures.is_empty() {
         for f in &report.failures {
             eprintln!("failed: {f}");

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::session_report::{Phase, SessionScaleReport, Stage};
-use crate::stats::{LatencySummary, fmt_ns};
+use crate::human::{percentiles, thousands, thousands_signed};
+use crate::stats::LatencySummary;
 
 impl SessionScaleReport {
     /// The report as markdown: a heading and one table per phase.
@@ -147,7 +148,7 @@ impl SessionScaleReport {
                 "upstream sockets opened",
                 format!(
                     "{} (UDP sockets in namespace {:+})",
-                    thousands_i(p.upstream_sockets),
+                    thousands_signed(p.upstream_sockets),
                     p.udp_sockets_added
                 ),
             ),
@@ -167,54 +168,52 @@ impl SessionScaleReport {
             "### Throughput: all clients for {:.1} s, {how}\n",
             c.elapsed.as_secs_f64()
         );
-        let _ = writeln!(s, "| measure | value |\n| --- | --- |");
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(s, "| {k} | {v} |");
-        };
-        row(
-            "requests sent",
-            format!(
-                "{} (**{} req/s**), {} send errors",
-                thousands(c.sent),
-                thousands(c.requests_per_s as u64),
-                c.send_errors
+        let rows = [
+            (
+                "requests sent",
+                format!(
+                    "{} (**{} req/s**), {} send errors",
+                    thousands(c.sent),
+                    thousands(c.requests_per_s as u64),
+                    c.send_errors
+                ),
             ),
-        );
-        row(
-            "replies received",
-            format!(
-                "{} (**{} replies/s**)",
-                thousands(c.replies),
-                thousands(c.replies_per_s as u64)
+            (
+                "replies received",
+                format!(
+                    "{} (**{} replies/s**)",
+                    thousands(c.replies),
+                    thousands(c.replies_per_s as u64)
+                ),
             ),
-        );
-        row("loss", format!("{:.3} %", c.loss_percent));
-        row("RTT p50 / p99 / p99.9 / max", rtt(c.rtt.as_ref()));
-        row(
-            "udp-fanout replies relayed",
-            format!("+{}", thousands(m.replies.saturating_sub(m0.replies))),
-        );
-        row("sessions active after", thousands(m.sessions_active));
-        row(
-            "sessions created during",
-            format!(
-                "+{}",
-                m.sessions_created.saturating_sub(m0.sessions_created)
+            ("loss", format!("{:.3} %", c.loss_percent)),
+            ("RTT p50 / p99 / p99.9 / max", rtt(c.rtt.as_ref())),
+            (
+                "udp-fanout replies relayed",
+                format!("+{}", thousands(m.replies.saturating_sub(m0.replies))),
             ),
-        );
-        row(
-            "listener socket drops",
-            format!(
-                "+{}",
-                thousands(m.socket_drops.saturating_sub(m0.socket_drops))
+            ("sessions active after", thousands(m.sessions_active)),
+            (
+                "sessions created during",
+                format!(
+                    "+{}",
+                    m.sessions_created.saturating_sub(m0.sessions_created)
+                ),
             ),
-        );
-        row(
-            "udp-fanout drops (total)",
-            format!("{:?} / replies {:?}", m.dropped, m.replies_dropped),
-        );
-        row("daemon RSS after", kib(t.daemon.rss_kib));
-        let _ = writeln!(s);
+            (
+                "listener socket drops",
+                format!(
+                    "+{}",
+                    thousands(m.socket_drops.saturating_sub(m0.socket_drops))
+                ),
+            ),
+            (
+                "udp-fanout drops (total)",
+                format!("{:?} / replies {:?}", m.dropped, m.replies_dropped),
+            ),
+            ("daemon RSS after", kib(t.daemon.rss_kib)),
+        ];
+        table(s, &rows);
         if self.setup.throughput_rate_pps == 0 {
             let _ = writeln!(
                 s,
@@ -251,13 +250,7 @@ fn answered(c: &Phase) -> String {
 
 fn rtt(l: Option<&LatencySummary>) -> String {
     match l {
-        Some(l) => format!(
-            "{} / {} / {} / {}",
-            fmt_ns(l.p50_ns),
-            fmt_ns(l.p99_ns),
-            fmt_ns(l.p999_ns),
-            fmt_ns(l.max_ns)
-        ),
+        Some(l) => percentiles(l).join(" / "),
         None => "no replies".to_owned(),
     }
 }
@@ -271,40 +264,5 @@ fn ip_span(ips: &[IpAddr]) -> String {
         [] => "none".to_owned(),
         [one] => one.to_string(),
         [first, .., last] => format!("{first}-{last} ({} addresses)", ips.len()),
-    }
-}
-
-/// `1234567` → `1,234,567`.
-fn thousands(v: u64) -> String {
-    let digits = v.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-fn thousands_i(v: i64) -> String {
-    if v < 0 {
-        format!("-{}", thousands(v.unsigned_abs()))
-    } else {
-        thousands(v as u64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_grouped() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(thousands_i(-12_500), "-12,500");
     }
 }

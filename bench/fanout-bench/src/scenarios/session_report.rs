@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::session_clients::ClientPlan;
 use super::session_scale::SessionScaleConfig;
 use crate::generator::GenReport;
+use crate::human::percent;
 use crate::sink::SinkReport;
 use crate::stats::{Latency, LatencySummary, ser_secs};
 use fanout_testkit::procfs::{self, ProcSample};
@@ -336,51 +337,36 @@ impl SessionScaleReport {
     /// Notes on what the numbers say went wrong, so that nobody has to spot it in a table.
     fn add_findings(&mut self) {
         let n = u64::from(self.setup.sessions);
-        let m = &self.fill.metrics;
-        if m.sessions_active < n {
-            self.notes.push(format!(
-                "only {} of {n} sessions are active after the fill",
-                m.sessions_active
-            ));
-        }
+        let active = self.fill.metrics.sessions_active;
+        let mut found = vec![
+            (active < n)
+                .then(|| format!("only {active} of {n} sessions are active after the fill")),
+        ];
         for (stage, s) in [
             ("fill", Some(&self.fill)),
             ("throughput", self.throughput.as_ref()),
         ] {
             let Some(s) = s else { continue };
-            if !s.metrics.dropped.is_empty() {
-                self.notes.push(format!(
-                    "udp-fanout dropped requests after the {stage}: {:?}",
-                    s.metrics.dropped
-                ));
-            }
-            if s.metrics.sessions_evicted > 0 {
-                self.notes.push(format!(
-                    "{} sessions were evicted (table full) by the end of the {stage}",
-                    s.metrics.sessions_evicted
-                ));
-            }
-            if s.clients.busy_ports_skipped > 0 {
-                self.notes.push(format!(
-                    "{} client ports were busy and skipped in the {stage}: those clients got other addresses",
-                    s.clients.busy_ports_skipped
-                ));
-            }
+            let (dropped, evicted) = (&s.metrics.dropped, s.metrics.sessions_evicted);
+            let busy = s.clients.busy_ports_skipped;
+            found.extend([
+                (!dropped.is_empty())
+                    .then(|| format!("udp-fanout dropped requests after the {stage}: {dropped:?}")),
+                (evicted > 0).then(|| {
+                    format!("{evicted} sessions were evicted (table full) by the end of the {stage}")
+                }),
+                (busy > 0).then(|| {
+                    format!(
+                        "{busy} client ports were busy and skipped in the {stage}: those clients got other addresses"
+                    )
+                }),
+            ]);
         }
-        if self.sink.kernel_drops > 0 {
-            self.notes.push(format!(
-                "the echo backends' sockets dropped {} requests (receive buffers full)",
-                self.sink.kernel_drops
-            ));
-        }
-    }
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
+        let drops = self.sink.kernel_drops;
+        found.push((drops > 0).then(|| {
+            format!("the echo backends' sockets dropped {drops} requests (receive buffers full)")
+        }));
+        self.notes.extend(found.into_iter().flatten());
     }
 }
 

@@ -362,15 +362,17 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ]);
-        assert!(
-            y.contains("downstreams: ['127.0.0.1:1', '127.0.0.1:2']"),
-            "{y}"
+        fanout_testkit::assert_contains(
+            &y,
+            &[
+                "downstreams: ['127.0.0.1:1', '127.0.0.1:2']",
+                "max_sessions: 2500",
+                "reply: true, sticky: true",
+                "idle_timeout_secs: 600",
+                "dataplane: {workers: 2}",
+                "metrics: {bind: '127.0.0.1:0'}",
+            ],
         );
-        assert!(y.contains("max_sessions: 2500"), "{y}");
-        assert!(y.contains("reply: true, sticky: true"), "{y}");
-        assert!(y.contains("idle_timeout_secs: 600"), "{y}");
-        assert!(y.contains("dataplane: {workers: 2}"), "{y}");
-        assert!(y.contains("metrics: {bind: '127.0.0.1:0'}"), "{y}");
     }
 
     #[test]

@@ -188,15 +188,18 @@ pub fn random_stream_id() -> u32 {
     h.finish() as u32
 }
 
+/// One datagram to the discard port on loopback: the run the generator's unit tests vary.
+#[cfg(test)]
+pub(super) fn test_config() -> GenConfig {
+    let mut c = GenConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 9)));
+    c.count = Some(1);
+    c
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_config as cfg;
     use super::*;
-
-    fn cfg() -> GenConfig {
-        let mut c = GenConfig::new("127.0.0.1:9".parse().unwrap());
-        c.count = Some(1);
-        c
-    }
 
     #[test]
     fn defaults_follow_the_target_family() {

@@ -401,13 +401,8 @@ fn report(
 
 #[cfg(test)]
 mod tests {
+    use super::config::test_config as cfg;
     use super::*;
-
-    fn cfg() -> GenConfig {
-        let mut c = GenConfig::new("127.0.0.1:9".parse().unwrap());
-        c.count = Some(1);
-        c
-    }
 
     #[test]
     fn bursts_are_whole_batches_for_few_flows_and_short_with_replies() {

@@ -351,67 +351,48 @@ pub struct SinkReport {
     pub error: Option<String>,
 }
 
-impl SinkReport {
-    fn sum(&self, f: impl Fn(&PortReport) -> u64) -> u64 {
-        self.ports.iter().map(f).sum()
-    }
+/// `SinkReport`'s totals: each sums one counter over the ports (`ports.field`) or over the
+/// flows across all ports (`flows.field`). One macro, so that every total is the same sum.
+macro_rules! totals {
+    ($($(#[$doc:meta])* $name:ident = $list:ident . $field:ident;)*) => {
+        impl SinkReport {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> u64 {
+                    self.$list.iter().map(|x| x.$field).sum()
+                }
+            )*
+        }
+    };
+}
 
+totals! {
     /// Every datagram received on any port.
-    pub fn total_datagrams(&self) -> u64 {
-        self.sum(|p| p.datagrams)
-    }
-
+    total_datagrams = ports.datagrams;
     /// Payload bytes received on any port.
-    pub fn total_bytes(&self) -> u64 {
-        self.sum(|p| p.bytes)
-    }
-
+    total_bytes = ports.bytes;
     /// Valid datagrams on any port.
-    pub fn total_valid(&self) -> u64 {
-        self.sum(|p| p.valid)
-    }
-
+    total_valid = ports.valid;
     /// Short datagrams on any port.
-    pub fn total_short(&self) -> u64 {
-        self.sum(|p| p.short)
-    }
-
+    total_short = ports.short;
     /// Corrupt datagrams on any port.
-    pub fn total_corrupt(&self) -> u64 {
-        self.sum(|p| p.corrupt)
-    }
-
+    total_corrupt = ports.corrupt;
     /// Foreign datagrams on any port.
-    pub fn total_not_ours(&self) -> u64 {
-        self.sum(|p| p.not_ours)
-    }
-
+    total_not_ours = ports.not_ours;
     /// Echoes sent from any port.
-    pub fn total_echoed(&self) -> u64 {
-        self.sum(|p| p.echoed)
-    }
-
+    total_echoed = ports.echoed;
     /// Distinct datagrams across all ports (each counted once however many ports it reached).
-    pub fn total_unique(&self) -> u64 {
-        self.flows.iter().map(|f| f.unique).sum()
-    }
-
+    total_unique = flows.unique;
     /// Datagrams received again, on the same or another port.
-    pub fn total_duplicates(&self) -> u64 {
-        self.flows.iter().map(|f| f.duplicates).sum()
-    }
-
+    total_duplicates = flows.duplicates;
     /// Distinct datagrams that arrived after a higher sequence number of their flow (across
     /// all ports).
-    pub fn total_reordered(&self) -> u64 {
-        self.flows.iter().map(|f| f.reordered).sum()
-    }
-
+    total_reordered = flows.reordered;
     /// Gaps below each flow's highest sequence number (across all ports).
-    pub fn total_lost(&self) -> u64 {
-        self.flows.iter().map(|f| f.lost).sum()
-    }
+    total_lost = flows.lost;
+}
 
+impl SinkReport {
     /// The report of the port bound to `addr`.
     pub fn port(&self, addr: SocketAddr) -> Option<&PortReport> {
         self.ports.iter().find(|p| p.local_addr == addr)

@@ -20,7 +20,7 @@
 pub mod account;
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -79,6 +79,24 @@ impl Default for SinkOptions {
     }
 }
 
+impl SinkOptions {
+    /// The defaults, sending every datagram back: a backend that answers.
+    pub fn echoing() -> Self {
+        SinkOptions {
+            echo: true,
+            ..SinkOptions::default()
+        }
+    }
+
+    /// The defaults, keeping every payload: for byte-exact assertions.
+    pub fn recording() -> Self {
+        SinkOptions {
+            record: true,
+            ..SinkOptions::default()
+        }
+    }
+}
+
 /// Bound sockets, not yet served.
 #[derive(Debug)]
 pub struct Sink {
@@ -120,6 +138,20 @@ impl Sink {
             addrs: bound,
             opts,
         })
+    }
+
+    /// Binds `addrs` and starts serving them: [`bind`](Self::bind) then
+    /// [`start`](Self::start), for callers with nothing to do in between.
+    pub fn serve(addrs: &[SocketAddr], opts: SinkOptions) -> io::Result<SinkHandle> {
+        Sink::bind(addrs, opts)?.start()
+    }
+
+    /// `n` sinks of one socket each on `ip`, on ports the kernel picks, served: a test's
+    /// stand-in backends, each counted apart.
+    pub fn serve_each(n: usize, ip: IpAddr, opts: SinkOptions) -> io::Result<Vec<SinkHandle>> {
+        (0..n)
+            .map(|_| Sink::serve(&[SocketAddr::new(ip, 0)], opts))
+            .collect()
     }
 
     /// The addresses actually bound, in the order given.

@@ -7,6 +7,11 @@
 //! Every address is port 0: the daemon logs the ports it got, which [`Daemon::start`] reads from
 //! its stderr before returning, so tests run in parallel without clashing. The process is
 //! killed and the temporary directory removed when the guard drops, even if the test failed.
+//!
+//! The downstreams the tests forward to are `fanout_testkit` sinks ([`sinks`], [`echo_sinks`],
+//! [`recording_sinks`]), one port each so that each is counted apart, and the usual
+//! one-listener config is written by [`one_listener`]: the setup every test file shares is
+//! here once, and a test reads as what it sends and checks.
 #![allow(dead_code)]
 
 pub mod netns;
@@ -18,11 +23,80 @@ use std::time::Duration;
 
 use fanout_testkit::daemon;
 use fanout_testkit::netns::NsPath;
+use fanout_testkit::{Sink, SinkHandle, SinkOptions};
 
 pub use fanout_testkit::prom::Scrape;
 
 /// How long the daemon may take to report ready.
 const READY: Duration = Duration::from_secs(20);
+
+/// How long a test waits for traffic to arrive or counters to catch up.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The config line that turns the metrics endpoint on, on a loopback port.
+pub const METRICS: &str = "metrics: {bind: '127.0.0.1:0'}";
+
+/// `n` sinks of one port each on `ip` (`127.0.0.1`, `::1`), served with `opts`.
+pub fn sinks_with(n: usize, ip: &str, opts: SinkOptions) -> Vec<SinkHandle> {
+    let ip = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+    Sink::serve_each(n, ip, opts).expect("starting the sinks")
+}
+
+/// `n` counting sinks on `ip`.
+pub fn sinks(n: usize, ip: &str) -> Vec<SinkHandle> {
+    sinks_with(n, ip, SinkOptions::default())
+}
+
+/// `n` sinks on `ip` that answer every datagram.
+pub fn echo_sinks(n: usize, ip: &str) -> Vec<SinkHandle> {
+    sinks_with(n, ip, SinkOptions::echoing())
+}
+
+/// `n` sinks on `ip` that keep every payload.
+pub fn recording_sinks(n: usize, ip: &str) -> Vec<SinkHandle> {
+    sinks_with(n, ip, SinkOptions::recording())
+}
+
+/// The address of a one-port sink.
+pub fn addr_of(s: &SinkHandle) -> SocketAddr {
+    s.local_addrs()[0]
+}
+
+/// The sinks' addresses as a YAML list's items: `'127.0.0.1:1', '127.0.0.1:2'`.
+pub fn addresses(sinks: &[SinkHandle]) -> String {
+    sinks
+        .iter()
+        .map(|s| format!("'{}'", addr_of(s)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Datagrams the sinks counted together.
+pub fn total(sinks: &[SinkHandle]) -> u64 {
+    sinks.iter().map(SinkHandle::total_datagrams).sum()
+}
+
+/// Waits until the sinks together counted `n` datagrams, failing the test with what they got
+/// if that takes longer than [`WAIT`].
+pub fn wait_total(sinks: &[SinkHandle], n: u64) {
+    assert!(
+        eventually(WAIT, || total(sinks) == n),
+        "sinks got {} of {n}",
+        total(sinks)
+    );
+}
+
+/// A config of one listener: `listener` holds its keys but the downstreams (`name: a, bind:
+/// '127.0.0.1:0', …`), `downstreams` the items of its `downstreams:` list, and `rest` the
+/// config's other lines (such as [`METRICS`]).
+pub fn one_listener(listener: &str, downstreams: &str, rest: &[&str]) -> String {
+    let mut yaml = format!("listeners: [{{{listener}, downstreams: [{downstreams}]}}]");
+    for line in rest {
+        yaml.push('\n');
+        yaml.push_str(line);
+    }
+    yaml
+}
 
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
@@ -96,6 +170,16 @@ impl Daemon {
         Scrape::parse(&self.scrape()).exact(name, labels)
     }
 
+    /// Waits up to [`WAIT`] for the sample `name{labels}` to read `want`, failing the test
+    /// with the value it last had.
+    pub fn wait_metric(&self, name: &str, labels: &str, want: u64) {
+        assert!(
+            eventually(WAIT, || self.metric(name, labels) == Some(want)),
+            "{name}{{{labels}}} is {:?}, not {want}",
+            self.metric(name, labels)
+        );
+    }
+
     /// The exit status, once the process has exited (reaped here).
     pub fn try_exited(&mut self) -> Option<ExitStatus> {
         let st = self.inner.try_exited()?;
@@ -138,4 +222,4 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 }
 
 #[allow(unused_imports)]
-pub use fanout_testkit::eventually;
+pub use fanout_testkit::{assert_contains, eventually};

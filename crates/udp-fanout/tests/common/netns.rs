@@ -41,6 +41,31 @@ pub fn enter<T>(ns: &Netns, f: impl FnOnce() -> T) -> T {
     ns.enter(f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// A veth pair: `a` in namespace `a_ns`, `b` in `b_ns`.
+fn veth(a: &str, a_ns: &Netns, b: &str, b_ns: &Netns) {
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        a,
+        "netns",
+        a_ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        b_ns.name(),
+    ]);
+}
+
+/// Gives `dev` in `ns` the address `cidr` and brings it up.
+fn address_up(ns: &Netns, dev: &str, cidr: &str) {
+    ip(ns, &["addr", "add", cidr, "dev", dev]);
+    ip(ns, &["link", "set", dev, "up"]);
+}
+
 /// Client, load balancer and backends wired together.
 pub struct Topology {
     pub client: Netns,
@@ -72,30 +97,11 @@ impl Topology {
         let client = netns(format!("ufc{tag}"));
         let lb = netns(format!("ufl{tag}"));
         let (client_if, lb_if) = (format!("uc{tag}"), format!("ul{tag}"));
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &client_if,
-            "netns",
-            client.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lb_if,
-            "netns",
-            lb.name(),
-        ]);
+        veth(&client_if, &client, &lb_if, &lb);
         let client_ip = format!("10.{net}.0.2");
         let vip = format!("10.{net}.0.1");
-        ip(
-            &client,
-            &["addr", "add", &format!("{client_ip}/24"), "dev", &client_if],
-        );
-        ip(&lb, &["addr", "add", &format!("{vip}/24"), "dev", &lb_if]);
-        ip(&client, &["link", "set", &client_if, "up"]);
-        ip(&lb, &["link", "set", &lb_if, "up"]);
+        address_up(&client, &client_if, &format!("{client_ip}/24"));
+        address_up(&lb, &lb_if, &format!("{vip}/24"));
         ip(&client, &["route", "add", "default", "via", &vip]);
         // Locally sent packets carry partial checksums that a native-XDP rewrite cannot fix
         // (see DESIGN.md); real NICs deliver complete ones.
@@ -108,29 +114,13 @@ impl Topology {
         for k in 0..backends {
             let b = netns(format!("ufb{tag}{k}"));
             let (bif, lif) = (format!("ub{tag}{k}"), format!("ux{tag}{k}"));
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                &lif,
-                "netns",
-                lb.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &bif,
-                "netns",
-                b.name(),
-            ]);
+            veth(&lif, &lb, &bif, &b);
             let (lip, bip) = (
                 format!("10.{net}.{}.1", k + 1),
                 format!("10.{net}.{}.2", k + 1),
             );
-            ip(&lb, &["addr", "add", &format!("{lip}/24"), "dev", &lif]);
-            ip(&b, &["addr", "add", &format!("{bip}/24"), "dev", &bif]);
-            ip(&lb, &["link", "set", &lif, "up"]);
-            ip(&b, &["link", "set", &bif, "up"]);
+            address_up(&lb, &lif, &format!("{lip}/24"));
+            address_up(&b, &bif, &format!("{bip}/24"));
             ip(&b, &["route", "add", "default", "via", &lip]);
             // A native XDP redirect into a veth needs the peer to accept XDP frames.
             exec(&b, &["ethtool", "-K", &bif, "gro", "on"]);

@@ -185,6 +185,22 @@ impl Rig {
         }
     }
 
+    /// A rig on loopback through third-party processes `p` that listen on 127.0.0.1:`port`,
+    /// returned once the port is bound and `spec`'s traffic gets through.
+    pub(crate) fn procs_on_loopback(
+        p: Procs,
+        sinks: SinkHandle,
+        port: u16,
+        spec: &Spec,
+        ctx: &Ctx<'_>,
+    ) -> anyhow::Result<Rig> {
+        procs::wait_udp_bound(port, 1, ctx.startup)?;
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut rig = Rig::loopback(Proxy::Procs(p), sinks, target, ctx);
+        rig.wait_ready(spec, ctx.startup)?;
+        Ok(rig)
+    }
+
     /// A rig through the router namespace of `topo` (the in-kernel peers): the generator
     /// sends from the client namespace to the VIP, the sinks live in the backend namespace.
     pub(crate) fn routed(proxy: Proxy, sinks: SinkHandle, topo: Topology) -> Rig {

@@ -12,6 +12,26 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// Parses a comma-separated list of `what`s (blank entries ignored), as `--scenarios` and
+/// `--peers` take them: `one` gives the items an entry stands for, or the error for an unknown
+/// one. The result is sorted, without repeats, and never empty.
+pub(super) fn parse_list<T: Ord>(
+    s: &str,
+    what: &str,
+    one: impl Fn(&str) -> Result<Vec<T>, String>,
+) -> Result<Vec<T>, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        out.extend(one(item)?);
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("no {what} given"));
+    }
+    Ok(out)
+}
+
 /// One of the comparison's scenarios, `a` to `f`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum ScenarioId {
@@ -56,21 +76,13 @@ impl ScenarioId {
 
     /// Parses `a,b,c` (case-insensitive).
     pub fn parse_list(s: &str) -> Result<Vec<ScenarioId>, String> {
-        let mut out = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let id = Self::ALL
+        parse_list(s, "scenario", |item| {
+            Self::ALL
                 .into_iter()
                 .find(|id| item.eq_ignore_ascii_case(&id.letter().to_string()))
-                .ok_or_else(|| format!("unknown scenario `{item}` (a, b, c, d, e, f)"))?;
-            if !out.contains(&id) {
-                out.push(id);
-            }
-        }
-        if out.is_empty() {
-            return Err("no scenario given".to_owned());
-        }
-        out.sort();
-        Ok(out)
+                .map(|id| vec![id])
+                .ok_or_else(|| format!("unknown scenario `{item}` (a, b, c, d, e, f)"))
+        })
     }
 
     /// The scenario's traffic and rates.

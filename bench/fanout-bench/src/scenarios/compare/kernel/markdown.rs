@@ -8,10 +8,11 @@
 use std::fmt::Write as _;
 
 use super::super::machine::Machine;
-use super::super::markdown::{split, spread_rate, thousands};
+use super::super::markdown::{books, split, spread_rate};
 use super::super::report::Spread;
 use super::super::scenario::ScenarioId;
 use super::summary::{KernelCase, KernelMeasured, KernelOutcome, KernelQuick, KernelRow};
+use crate::human::thousands;
 
 /// The heading of (f)'s block.
 pub(crate) fn heading() -> String {
@@ -291,16 +292,7 @@ fn quick(out: &mut String, q: &KernelQuick) {
         format!(" Not run (not installed): {}.", q.not_installed.join(", "))
     };
     for r in &q.rows {
-        let books = if r.problems.is_empty() && r.warnings.is_empty() {
-            "consistent".to_owned()
-        } else {
-            r.problems
-                .iter()
-                .chain(&r.warnings)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
+        let books = books(&r.problems, &r.warnings);
         let per = r
             .per_backend
             .iter()

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use fanout_netbench::report::{find, own_net_of_generator, pct_of_plain, per_million};
+use fanout_netbench::report::{generator_own_each, own_net_each, pct_of_plain, per_million_each};
 use fanout_netbench::{Mode, Peer, Sample, Traffic, check};
 use serde::Serialize;
 
@@ -203,13 +203,8 @@ pub(crate) fn aggregate(
     threads: usize,
     versions: &[(Peer, String)],
 ) -> KernelMeasured {
-    let idle_of = |r: u64| find(samples, Mode::Idle, r);
     let generator: Vec<&Sample> = samples.iter().filter(|s| s.mode == Mode::GenOnly).collect();
-    let gen_ns: Vec<f64> = generator
-        .iter()
-        .filter_map(|s| Some(per_million(s, idle_of(s.round)?).own))
-        .collect();
-    let gen_ns = spread(&gen_ns);
+    let gen_ns = spread(&generator_own_each(samples));
     let idle: Vec<f64> = samples
         .iter()
         .filter(|s| s.mode == Mode::Idle)
@@ -299,18 +294,8 @@ fn row(samples: &[Sample], traffic: Traffic, mode: Mode, gen_ns: Option<f64>) ->
         .filter(|s| s.traffic == traffic)
         .cloned()
         .collect();
-    let idle_of = |round: u64| find(samples, Mode::Idle, round);
-    let pm: Vec<_> = v
-        .iter()
-        .filter_map(|s| Some(per_million(s, idle_of(s.round)?)))
-        .collect();
-    let net: Vec<f64> = match gen_ns {
-        Some(g) => v
-            .iter()
-            .filter_map(|s| Some(own_net_of_generator(s, idle_of(s.round)?, g)))
-            .collect(),
-        None => Vec::new(),
-    };
+    let pm = per_million_each(samples, &v);
+    let net = own_net_each(samples, &v, gen_ns);
     r.datagrams_per_s = spread(&v.iter().map(|s| s.datagrams_pps()).collect::<Vec<_>>());
     r.pct_of_plain = spread(&pct_of_plain(&same_traffic, &v));
     r.loss_pct = spread(&v.iter().map(|s| s.loss_pct()).collect::<Vec<_>>());

@@ -11,8 +11,8 @@
 
 use std::net::SocketAddr;
 
-use super::super::procs::{self, Procs};
-use super::super::rig::{Ctx, Proxy, Rig, free_port, loopback_sinks};
+use super::super::procs::Procs;
+use super::super::rig::{Ctx, Rig, free_port, loopback_sinks};
 use super::super::scenario::Spec;
 
 /// The bootstrap for a listener on `listen` over `sinks` (also used by scenario (f), in the
@@ -88,10 +88,7 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, per_packet: bool) -> anyhow::Res
         &bootstrap(listen, sinks.local_addrs(), per_packet),
     )?;
     p.spawn("envoy", "envoy", &args(&conf))?;
-    procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, listen, ctx);
-    rig.wait_ready(spec, ctx.startup)?;
-    Ok(rig)
+    Rig::procs_on_loopback(p, sinks, port, spec, ctx)
 }
 
 #[cfg(test)]
@@ -100,15 +97,16 @@ mod tests {
 
     #[test]
     fn the_bootstrap_has_the_mode_and_both_endpoints() {
-        let s: Vec<SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        ];
-        let l: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let (l, s) = super::super::test_addrs();
         let b = bootstrap(l, &s, true);
-        assert!(b.contains("use_per_packet_load_balancing: true"), "{b}");
-        assert!(b.contains("port_value: 5000"), "{b}");
-        assert!(b.contains("address: '127.0.0.1', port_value: 2}"), "{b}");
+        fanout_testkit::assert_contains(
+            &b,
+            &[
+                "use_per_packet_load_balancing: true",
+                "port_value: 5000",
+                "address: '127.0.0.1', port_value: 2}",
+            ],
+        );
         assert!(bootstrap(l, &s, false).contains("use_per_packet_load_balancing: false"));
     }
 }

@@ -68,14 +68,14 @@ mod tests {
     #[test]
     fn configs_put_the_listener_on_tc() {
         let m = yaml(Shape::Mirror, "uxr1");
-        assert!(
-            m.contains("mode: tc_ebpf") && m.contains("interface: uxr1"),
-            "{m}"
-        );
-        assert!(m.contains("distribution: mirror"), "{m}");
-        assert!(
-            m.contains("downstreams: ['198.18.2.2:6000', '198.18.2.3:6000']"),
-            "{m}"
+        fanout_testkit::assert_contains(
+            &m,
+            &[
+                "mode: tc_ebpf",
+                "interface: uxr1",
+                "distribution: mirror",
+                "downstreams: ['198.18.2.2:6000', '198.18.2.3:6000']",
+            ],
         );
         assert!(yaml(Shape::Balance, "x").contains("distribution: round_robin"));
     }

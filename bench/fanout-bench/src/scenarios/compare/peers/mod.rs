@@ -116,8 +116,7 @@ impl PeerId {
     /// Parses `udp-fanout,nginx,…`; `nginx` and `envoy` stand for both their modes, `all`
     /// for every peer.
     pub fn parse_list(s: &str) -> Result<Vec<PeerId>, String> {
-        let mut out = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        super::scenario::parse_list(s, "peer", |item| {
             let found: Vec<PeerId> = match item.to_ascii_lowercase().as_str() {
                 "all" => Self::ALL.to_vec(),
                 "nginx" => vec![Self::NginxSession, Self::NginxDatagram],
@@ -131,14 +130,8 @@ impl PeerId {
                     ids.join(", ")
                 ));
             }
-            out.extend(found);
-        }
-        out.sort();
-        out.dedup();
-        if out.is_empty() {
-            return Err("no peer given".to_owned());
-        }
-        Ok(out)
+            Ok(found)
+        })
     }
 
     fn product(self) -> Product {
@@ -392,6 +385,14 @@ fn first_line(s: &str) -> String {
 /// The `udp-fanout` next to the running executable, as the other scenarios find it.
 pub fn default_udp_fanout() -> anyhow::Result<PathBuf> {
     super::super::session_scale::default_udp_fanout()
+}
+
+/// What the config writers' unit tests listen on and balance over: 127.0.0.1:5000, and sinks
+/// on 127.0.0.1:1 and 127.0.0.1:2.
+#[cfg(test)]
+fn test_addrs() -> (std::net::SocketAddr, Vec<std::net::SocketAddr>) {
+    let lo = std::net::Ipv4Addr::LOCALHOST;
+    ((lo, 5000).into(), vec![(lo, 1).into(), (lo, 2).into()])
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::super::procs::{self, Procs};
-use super::super::rig::{Ctx, Proxy, Rig, free_port, loopback_sinks};
+use super::super::procs::Procs;
+use super::super::rig::{Ctx, Rig, free_port, loopback_sinks};
 use super::super::scenario::Spec;
 use super::NGINX_STREAM_MODULE;
 
@@ -51,10 +51,7 @@ pub(super) fn start(spec: &Spec, ctx: &Ctx<'_>, session: bool) -> anyhow::Result
         &conf(&dir, listen, sinks.local_addrs(), session),
     )?;
     p.spawn("nginx", "nginx", &args(&dir, &conf_path))?;
-    procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, listen, ctx);
-    rig.wait_ready(spec, ctx.startup)?;
-    Ok(rig)
+    Rig::procs_on_loopback(p, sinks, port, spec, ctx)
 }
 
 /// nginx's command line: in the foreground, everything (prefix, logs, config) in `dir`.
@@ -78,19 +75,17 @@ mod tests {
 
     #[test]
     fn the_config_has_the_mode_and_the_listener() {
-        let s: Vec<SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        ];
-        let l: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let (l, s) = super::super::test_addrs();
         let c = conf(Path::new("/tmp/x"), l, &s, false);
-        assert!(
-            c.contains("listen 127.0.0.1:5000 udp reuseport rcvbuf=8m;"),
-            "{c}"
+        fanout_testkit::assert_contains(
+            &c,
+            &[
+                "listen 127.0.0.1:5000 udp reuseport rcvbuf=8m;",
+                "proxy_responses 0;",
+                "server 127.0.0.1:2;",
+                "error_log /tmp/x/error.log",
+            ],
         );
-        assert!(c.contains("proxy_responses 0;"), "{c}");
-        assert!(c.contains("server 127.0.0.1:2;"), "{c}");
-        assert!(c.contains("error_log /tmp/x/error.log"), "{c}");
         assert!(!conf(Path::new("/tmp/x"), l, &s, true).contains("proxy_responses"));
     }
 }

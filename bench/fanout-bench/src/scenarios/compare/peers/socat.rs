@@ -21,12 +21,12 @@
 //! same design in its load balancer's namespace (`kernel::proxies`), so that both comparisons
 //! measure the same thing.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 
 use anyhow::Context as _;
 
 use super::super::procs::{self, Procs};
-use super::super::rig::{Ctx, Proxy, Rig, free_port, loopback_sinks};
+use super::super::rig::{Ctx, Rig, free_port, loopback_sinks};
 use super::super::scenario::{Shape, Spec};
 
 const BUF: &str = "-b65536";
@@ -80,11 +80,7 @@ pub(super) fn start_relay(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
         )
     };
     p.spawn("socat", "socat", &args)?;
-    procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, target, ctx);
-    rig.wait_ready(spec, ctx.startup)?;
-    Ok(rig)
+    Rig::procs_on_loopback(p, sinks, port, spec, ctx)
 }
 
 pub(super) fn start_tee(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
@@ -102,9 +98,5 @@ pub(super) fn start_tee(spec: &Spec, ctx: &Ctx<'_>) -> anyhow::Result<Rig> {
     let port = free_port()?;
     let args = tee_in(&format!("UDP4-RECV:{port},bind=127.0.0.1"), fan);
     p.spawn("tee-in", "socat", &args)?;
-    procs::wait_udp_bound(port, 1, ctx.startup)?;
-    let target = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut rig = Rig::loopback(Proxy::Procs(p), sinks, target, ctx);
-    rig.wait_ready(spec, ctx.startup)?;
-    Ok(rig)
+    Rig::procs_on_loopback(p, sinks, port, spec, ctx)
 }
