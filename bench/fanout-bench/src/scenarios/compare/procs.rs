@@ -27,6 +27,9 @@ use nix::unistd::Pid;
 /// How long a stopped process may take before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(4);
 
+/// How long a killed process may take to be gone.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
 /// A set of started processes and the directory holding their configs and logs. Stopped on
 /// drop.
 #[derive(Debug)]
@@ -158,13 +161,15 @@ impl Procs {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        let mut killed = Vec::new();
         for (pid, started) in tree {
             if started.is_some()
                 && start_time(pid) == started
                 && is_alive(pid)
-                && let Ok(pid) = i32::try_from(pid)
+                && let Ok(raw) = i32::try_from(pid)
             {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+                killed.push((pid, started));
             }
         }
         for (_, c) in &mut self.children {
@@ -173,6 +178,16 @@ impl Procs {
             let _ = c.wait();
         }
         self.children.clear();
+        // SIGKILL is delivered, not done: a process dies when the kernel next schedules it.
+        // Wait (bounded) so that "stopped" means gone, for the next run's measurements too.
+        let end = Instant::now() + KILL_GRACE;
+        while killed
+            .iter()
+            .any(|&(p, started)| start_time(p) == started && is_alive(p))
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
