@@ -71,10 +71,10 @@ fn loss(s: &Option<Spread>) -> String {
 fn method(out: &mut String, m: &KernelMeasured, machine: &Machine, date: &str) {
     let _ = writeln!(
         out,
-        "**Method.** Run on {}, {date}, on a rig of its own (`fanout_netbench`, shared with \
+        "**Method.** Run on {}, {date}, on a rig of its own (`fanout-netbench`, shared with \
          `cargo bench -p fanout-netbench --bench netns_forwarding`): a client, a load balancer and \
          two backends in network namespaces, joined by veth pairs with one queue per CPU. The \
-         load comes from the kernel: `bpf/bench_gen.c`'s XDP program, run with \
+         load comes from the kernel: `bench/fanout-netbench/bpf/bench_gen.c`'s XDP program, run with \
          `BPF_PROG_TEST_RUN` in live-frames mode ({} thread pinned to CPU 0, batches of 64), \
          transmits real frames out of the client's veth, because one userspace sender reaches \
          only ~250k datagrams/s over veth here, too little to load the kernel plane. Each \
