@@ -6,6 +6,8 @@
 //! fixed, dashboards and alerts can rely on them, and the per-worker counters are a plain array
 //! indexed by the reason.
 
+use crate::select::{Endpoint, EndpointState};
+
 /// A reason for dropping a datagram (or one copy of it, for mirrored listeners).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -162,6 +164,32 @@ impl ListenerSnapshot {
     }
 }
 
+/// The downstream half of a listener's snapshot, alike in both planes: one
+/// [`EndpointSnapshot`] per endpoint of the listener's current set, in order, with what `sent`
+/// gives for it ((packets, bytes), in the same order; the list ends with the shorter of the
+/// two), and how many of the endpoints take new flows (`downstream_active`). `healthy` is left
+/// `None`: the data planes do not probe health.
+pub fn downstream_snapshots(
+    endpoints: &[Endpoint],
+    sent: impl IntoIterator<Item = (u64, u64)>,
+) -> (Vec<EndpointSnapshot>, u64) {
+    let downstreams = endpoints
+        .iter()
+        .zip(sent)
+        .map(|(e, (packets, bytes))| EndpointSnapshot {
+            addr: e.addr,
+            packets,
+            bytes,
+            healthy: None,
+        })
+        .collect();
+    let active = endpoints
+        .iter()
+        .filter(|e| e.state == EndpointState::Active)
+        .count() as u64;
+    (downstreams, active)
+}
+
 /// Merges the snapshots of several data planes: listeners of the same name (a kernel-plane
 /// listener and its userspace slow path) are added up, their downstreams matched by address.
 /// Order follows the first appearance of each listener.
@@ -214,6 +242,30 @@ fn add_into(o: &mut ListenerSnapshot, s: ListenerSnapshot) {
 #[cfg(test)]
 mod merge_tests {
     use super::*;
+
+    #[test]
+    fn downstream_snapshots_pair_endpoints_with_their_counts() {
+        let addr = |port| std::net::SocketAddr::from(([10, 0, 0, 1], port));
+        let draining = Endpoint {
+            state: EndpointState::Draining,
+            ..Endpoint::new(addr(2))
+        };
+        let endpoints = [Endpoint::new(addr(1)), draining, Endpoint::new(addr(3))];
+        let (downstreams, active) = downstream_snapshots(&endpoints, [(5, 50), (0, 0), (1, 10)]);
+        let ep = |port, packets, bytes| EndpointSnapshot {
+            addr: addr(port),
+            packets,
+            bytes,
+            healthy: None,
+        };
+        assert_eq!(downstreams, vec![ep(1, 5, 50), ep(2, 0, 0), ep(3, 1, 10)]);
+        assert_eq!(active, 2, "the draining one takes no new flows");
+        // Counts for fewer endpoints than the set has: only those are listed; all still count
+        // toward the active total.
+        let (downstreams, active) = downstream_snapshots(&endpoints, [(7, 70)]);
+        assert_eq!(downstreams, vec![ep(1, 7, 70)]);
+        assert_eq!(active, 2);
+    }
 
     #[test]
     fn same_listener_adds_up_and_others_stay() {

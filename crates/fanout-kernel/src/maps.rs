@@ -96,12 +96,19 @@ pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// A socket address as the programs' structs spell it (`uf_listener_key`, `uf_backend`): the
+/// [`addr_words`], the port in network order, and the family (4 or 6).
+pub(crate) fn socket_words(addr: SocketAddr) -> ([u32; 4], u16, u8) {
+    let (words, family) = addr_words(addr.ip());
+    (words, addr.port().to_be(), family)
+}
+
 /// The listener key for `addr`.
 pub fn listener_key(addr: SocketAddr) -> uf_listener_key {
-    let (w, family) = addr_words(addr.ip());
+    let (addr, port, family) = socket_words(addr);
     uf_listener_key {
-        addr: w,
-        port: addr.port().to_be(),
+        addr,
+        port,
         family,
         pad: 0,
     }

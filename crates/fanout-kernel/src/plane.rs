@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use aya::Ebpf;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use fanout_config::{Config, ListenerConfig, Mode};
-use fanout_core::select::{BackendSet, Distribution, Endpoint, EndpointState};
-use fanout_core::{DropReason, EndpointSnapshot, ListenerSnapshot};
+use fanout_core::accounting::downstream_snapshots;
+use fanout_core::select::{BackendSet, Distribution, Endpoint};
+use fanout_core::{DropReason, ListenerSnapshot};
 
 use crate::bindings::UF_MAX_ENDPOINTS;
 use crate::maps::{BANK_REUSE_DELAY, KernelMaps, MapsError, NexthopCache, SetMaps, StatsMaps};
@@ -379,20 +380,11 @@ impl Counters {
         for (d, x) in dropped.iter_mut().zip(c.drops.iter()) {
             *d = *x;
         }
-        let downstreams = l
-            .endpoints
+        let sent = l
+            .stats_ids
             .iter()
-            .zip(&l.stats_ids)
-            .map(|(e, &id)| {
-                let (packets, bytes) = self.stats.endpoint_counters(id).unwrap_or((0, 0));
-                EndpointSnapshot {
-                    addr: e.addr,
-                    packets,
-                    bytes,
-                    healthy: None,
-                }
-            })
-            .collect();
+            .map(|&id| self.stats.endpoint_counters(id).unwrap_or((0, 0)));
+        let (downstreams, downstream_active) = downstream_snapshots(&l.endpoints, sent);
         ListenerSnapshot {
             name: l.name.clone(),
             received: c.rx_packets,
@@ -401,11 +393,7 @@ impl Counters {
             bytes_forwarded: c.fwd_bytes,
             dropped,
             downstreams,
-            downstream_active: l
-                .endpoints
-                .iter()
-                .filter(|e| e.state == EndpointState::Active)
-                .count() as u64,
+            downstream_active,
             ..Default::default()
         }
     }
@@ -547,11 +535,15 @@ mod tests {
     const SCRAPE_PAUSE: Duration = Duration::from_micros(500);
 
     /// Starts a plane with `listeners` (YAML list items, TC on `lo`) in a private network
-    /// namespace, this thread's only.
-    fn plane_on_lo(listeners: &str) -> KernelPlane {
+    /// namespace, this thread's only. `None` when `test` cannot run here (not root): then it
+    /// skips, or fails if it must run (see [`fanout_testkit::netns::privileged`]).
+    fn plane_on_lo(test: &str, listeners: &str) -> Option<KernelPlane> {
+        if !fanout_testkit::netns::privileged(test) {
+            return None;
+        }
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let cfg = fanout_config::from_yaml(&format!("listeners:\n{listeners}")).unwrap();
-        KernelPlane::start(&cfg).unwrap().unwrap()
+        Some(KernelPlane::start(&cfg).unwrap().unwrap())
     }
 
     /// Runs `updates` on another thread while this one scrapes in a loop, each scrape checked
@@ -595,15 +587,15 @@ mod tests {
     /// packet still on the retired bank can no longer count into it.
     #[test]
     fn a_given_up_counter_slot_rests_before_reuse() {
-        if !fanout_testkit::netns::privileged("a_given_up_counter_slot_rests_before_reuse") {
-            return;
-        }
-        let plane = plane_on_lo(
+        let Some(plane) = plane_on_lo(
+            "a_given_up_counter_slot_rests_before_reuse",
             r#"
   - {name: a, mode: tc_ebpf, interface: lo, bind: "127.0.0.1:5514", downstreams: ["127.0.0.1:6001"]}
   - {name: b, mode: tc_ebpf, interface: lo, bind: "127.0.0.1:5515", downstreams: ["127.0.0.1:7001"]}
 "#,
-        );
+        ) else {
+            return;
+        };
         let given_up = [slot(&plane, "a", 6001), slot(&plane, "b", 7001)];
         plane.set_endpoints("a", vec![ep(6002)]).unwrap();
         plane.set_endpoints("b", vec![ep(7002)]).unwrap();
@@ -621,10 +613,8 @@ mod tests {
     /// must not wait with them (the wait holds only the writer's lock, not the counters').
     #[test]
     fn scrapes_do_not_wait_for_a_retired_bank() {
-        if !fanout_testkit::netns::privileged("scrapes_do_not_wait_for_a_retired_bank") {
-            return;
-        }
-        let plane = plane_on_lo(
+        let Some(plane) = plane_on_lo(
+            "scrapes_do_not_wait_for_a_retired_bank",
             r#"
   - name: t
     mode: tc_ebpf
@@ -632,7 +622,9 @@ mod tests {
     bind: "127.0.0.1:5514"
     downstreams: ["127.0.0.1:6001"]
 "#,
-        );
+        ) else {
+            return;
+        };
         const UPDATES: u32 = 5;
         let sets = [vec![ep(6001), ep(6002)], vec![ep(6001)]];
         let (slowest, scrapes, took) = scrape_during(
@@ -666,10 +658,8 @@ mod tests {
     /// for those writes, and each sees one whole set, the old or the new.
     #[test]
     fn scrapes_do_not_wait_for_a_maglev_write() {
-        if !fanout_testkit::netns::privileged("scrapes_do_not_wait_for_a_maglev_write") {
-            return;
-        }
-        let plane = plane_on_lo(
+        let Some(plane) = plane_on_lo(
+            "scrapes_do_not_wait_for_a_maglev_write",
             r#"
   - name: rr
     mode: tc_ebpf
@@ -683,7 +673,9 @@ mod tests {
     distribution: consistent_hash
     downstreams: ["127.0.0.1:7001"]
 "#,
-        );
+        ) else {
+            return;
+        };
         const UPDATES: usize = 6;
         let sets = [vec![ep(7001), ep(7002), ep(7003)], vec![ep(7001)]];
         let (slowest, scrapes, fastest_update) = scrape_during(

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use fanout_config::{ListenerConfig, SessionConfig};
-use fanout_core::select::{BackendSet, Endpoint, EndpointState};
-use fanout_core::{EndpointSnapshot, ListenerSnapshot};
+use fanout_core::ListenerSnapshot;
+use fanout_core::accounting::downstream_snapshots;
+use fanout_core::select::{BackendSet, Endpoint};
 
 use crate::stats::{EndpointStats, ListenerStats};
 use crate::sys::socket;
@@ -136,27 +137,10 @@ impl ListenerShared {
     pub fn snapshot(&self) -> ListenerSnapshot {
         let t = self.stats.totals();
         let active = self.backends.load();
-        let downstreams = active
-            .set
-            .endpoints()
-            .iter()
-            .zip(&active.stats)
-            .map(|(e, s)| {
-                let (packets, bytes) = s.totals();
-                EndpointSnapshot {
-                    addr: e.addr,
-                    packets,
-                    bytes,
-                    healthy: None,
-                }
-            })
-            .collect();
-        let downstream_active = active
-            .set
-            .endpoints()
-            .iter()
-            .filter(|e| e.state == EndpointState::Active)
-            .count() as u64;
+        let (downstreams, downstream_active) = downstream_snapshots(
+            active.set.endpoints(),
+            active.stats.iter().map(|s| s.totals()),
+        );
         ListenerSnapshot {
             name: self.name.clone(),
             received: t.received,

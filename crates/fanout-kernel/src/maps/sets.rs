@@ -7,7 +7,7 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, MapError};
 use fanout_core::select::{BackendSet, Distribution, Schedule};
 
-use super::{MapsError, addr_words, err, listener_key};
+use super::{MapsError, err, listener_key, socket_words};
 use crate::bindings::*;
 
 /// How long a bank that was just retired stays untouched.
@@ -68,10 +68,10 @@ impl FlipTimes {
 }
 
 fn backend(addr: SocketAddr, stats_id: u32) -> uf_backend {
-    let (w, family) = addr_words(addr.ip());
+    let (addr, port, family) = socket_words(addr);
     uf_backend {
-        addr: w,
-        port: addr.port().to_be(),
+        addr,
+        port,
         family,
         pad: 0,
         stats_id,

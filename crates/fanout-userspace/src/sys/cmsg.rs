@@ -152,6 +152,20 @@ pub(crate) fn build(opts: &SendOpts, buf: &mut CmsgBuf, hdr: &mut libc::msghdr) 
     used
 }
 
+/// Points `h`'s control fields at the first `len` bytes of `buf` (a [`build`] result, or the
+/// whole buffer for the kernel to fill), or at nothing when `len` is 0: the message then
+/// carries no control data. Per message on the hot path, hence inlined.
+#[inline]
+pub(crate) fn set_control(h: &mut libc::msghdr, buf: &mut CmsgBuf, len: usize) {
+    if len == 0 {
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+    } else {
+        h.msg_control = buf.0.as_mut_ptr().cast();
+        h.msg_controllen = len as _;
+    }
+}
+
 /// Writes one control message at `cmsg` and returns its CMSG_SPACE.
 ///
 /// # Safety

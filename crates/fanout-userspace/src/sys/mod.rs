@@ -3,10 +3,13 @@
 //! each with the reason it is sound.
 
 pub mod cmsg;
+mod mmsg;
 pub mod recv;
 pub mod send;
 pub(crate) mod sockaddr;
 pub mod socket;
+#[cfg(test)]
+mod testing;
 
 pub use cmsg::{RecvInfo, SendOpts};
 pub use recv::{Datagram, MAX_DATAGRAM, RecvBatch, SLOT_SIZE};

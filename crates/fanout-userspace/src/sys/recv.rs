@@ -6,11 +6,11 @@
 //! answered together.
 
 use std::io;
-use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::cmsg::{self, CmsgBuf, RecvInfo};
+use super::cmsg::{self, RecvInfo};
+use super::mmsg::{MsgHeaders, NULL_IOVEC, SOCKADDR_STORAGE_LEN};
 use super::sockaddr;
 
 /// Largest UDP payload over IPv6 without jumbograms (IPv4's limit is 65,507).
@@ -39,13 +39,11 @@ pub struct RecvBatch {
     slot_size: usize,
     bufs: Box<[u8]>,
     iovs: Box<[libc::iovec]>,
-    names: Box<[libc::sockaddr_storage]>,
-    ctrl: Box<[CmsgBuf]>,
-    hdrs: Box<[libc::mmsghdr]>,
+    msgs: MsgHeaders,
     len: usize,
 }
 
-// SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into buffers owned by this
+// SAFETY: the raw pointers inside `iovs` and `msgs` only ever point into buffers owned by this
 // same struct (they are rewritten before each system call), so moving the struct to another
 // thread moves everything they refer to with it.
 unsafe impl Send for RecvBatch {}
@@ -53,7 +51,7 @@ unsafe impl Send for RecvBatch {}
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
-            .field("capacity", &self.hdrs.len())
+            .field("capacity", &self.msgs.capacity())
             .field("slot_size", &self.slot_size)
             .field("len", &self.len)
             .finish()
@@ -67,25 +65,15 @@ impl RecvBatch {
         RecvBatch {
             slot_size,
             bufs: vec![0u8; capacity * slot_size].into_boxed_slice(),
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                capacity
-            ]
-            .into_boxed_slice(),
-            names: vec![sockaddr::zeroed(); capacity].into_boxed_slice(),
-            ctrl: vec![CmsgBuf::ZERO; capacity].into_boxed_slice(),
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-            hdrs: vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; capacity].into_boxed_slice(),
+            iovs: vec![NULL_IOVEC; capacity].into_boxed_slice(),
+            msgs: MsgHeaders::new(capacity),
             len: 0,
         }
     }
 
     /// How many datagrams one call can return.
     pub fn capacity(&self) -> usize {
-        self.hdrs.len()
+        self.msgs.capacity()
     }
 
     /// Receives up to `capacity` datagrams without blocking. Returns how many arrived; 0 means
@@ -101,24 +89,24 @@ impl RecvBatch {
     /// or the batch is already full.
     pub fn recv_append(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         let start = self.len;
-        let room = self.hdrs.len() - start;
+        let room = self.msgs.capacity() - start;
         if room == 0 {
             return Ok(0);
         }
         let base = self.bufs.as_mut_ptr();
-        for i in start..self.hdrs.len() {
+        for i in start..self.msgs.capacity() {
             // SAFETY: i * slot_size + slot_size <= bufs.len() by construction.
             self.iovs[i].iov_base = unsafe { base.add(i * self.slot_size) }.cast();
             self.iovs[i].iov_len = self.slot_size;
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
-            h.msg_controllen = cmsg::CMSG_BUF_LEN as _;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
+            // One slot; room for any source address and for the whole control buffer.
+            self.msgs.aim(
+                i,
+                SOCKADDR_STORAGE_LEN,
+                &mut self.iovs[i],
+                1,
+                cmsg::CMSG_BUF_LEN,
+            );
+            self.msgs.hdrs[i].msg_len = 0;
         }
         loop {
             // SAFETY: headers start.. point at buffers owned by self that stay alive and
@@ -126,7 +114,7 @@ impl RecvBatch {
             let rc = unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
-                    self.hdrs.as_mut_ptr().add(start),
+                    self.msgs.hdrs.as_mut_ptr().add(start),
                     room as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
@@ -152,7 +140,7 @@ impl RecvBatch {
 
     /// True when no slot is free.
     pub fn is_full(&self) -> bool {
-        self.len == self.hdrs.len()
+        self.len == self.msgs.capacity()
     }
 
     /// Number of datagrams from the last [`recv`](Self::recv).
@@ -172,7 +160,7 @@ impl RecvBatch {
         if i >= self.len {
             return &[];
         }
-        let len = (self.hdrs[i].msg_len as usize).min(self.slot_size);
+        let len = (self.msgs.hdrs[i].msg_len as usize).min(self.slot_size);
         let start = i * self.slot_size;
         &self.bufs[start..start + len]
     }
@@ -183,8 +171,8 @@ impl RecvBatch {
         if i >= self.len {
             return None;
         }
-        let h = &self.hdrs[i];
-        let src = sockaddr::read(&self.names[i], h.msg_hdr.msg_namelen)?;
+        let h = &self.msgs.hdrs[i];
+        let src = sockaddr::read(&self.msgs.names[i], h.msg_hdr.msg_namelen)?;
         let len = (h.msg_len as usize).min(self.slot_size);
         let start = i * self.slot_size;
         // SAFETY: the header's control pointer/length were set by us and updated by the kernel
@@ -202,28 +190,31 @@ impl RecvBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::testing::{pair, recv_some};
     use std::net::UdpSocket;
     use std::os::fd::AsFd;
     use std::time::Duration;
 
-    fn pair() -> (UdpSocket, UdpSocket) {
-        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        a.set_nonblocking(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
+    /// Sends each payload from `from` to its socket, then appends what those sockets received,
+    /// in order, into one batch: one datagram each.
+    fn append_one_each(from: &UdpSocket, to: [(&UdpSocket, &str); 2]) -> RecvBatch {
+        for (sock, data) in to {
+            from.send_to(data.as_bytes(), sock.local_addr().unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rb = RecvBatch::new(4, 64);
+        for (sock, _) in to {
+            assert_eq!(rb.recv_append(sock.as_fd()).unwrap(), 1);
+        }
+        rb
     }
 
     #[test]
     fn append_fills_one_batch_from_several_sockets() {
         let (a, b) = pair();
         let (_c, d) = pair();
-        a.send_to(b"one", b.local_addr().unwrap()).unwrap();
-        a.send_to(b"two", d.local_addr().unwrap()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let mut rb = RecvBatch::new(4, 64);
-        assert_eq!(rb.recv_append(b.as_fd()).unwrap(), 1);
-        assert_eq!(rb.recv_append(d.as_fd()).unwrap(), 1);
+        let mut rb = append_one_each(&a, [(&b, "one"), (&d, "two")]);
         assert_eq!(rb.len(), 2);
         assert_eq!(rb.get(0).unwrap().data, b"one");
         assert_eq!(rb.get(1).unwrap().data, b"two");
@@ -243,12 +234,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        a.send_to(b"stamped", b.local_addr().unwrap()).unwrap();
-        a.send_to(b"plain", d.local_addr().unwrap()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let mut rb = RecvBatch::new(4, 64);
-        assert_eq!(rb.recv_append(b.as_fd()).unwrap(), 1);
-        assert_eq!(rb.recv_append(d.as_fd()).unwrap(), 1);
+        let rb = append_one_each(&a, [(&b, "stamped"), (&d, "plain")]);
         let stamped = rb
             .get(0)
             .unwrap()
@@ -274,15 +260,7 @@ mod tests {
         let (a, b) = pair();
         a.send_to(&[1u8; 100], b.local_addr().unwrap()).unwrap();
         let mut rb = RecvBatch::new(4, 64);
-        let mut n = 0;
-        for _ in 0..100 {
-            n = rb.recv(b.as_fd()).unwrap();
-            if n > 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(n, 1);
+        assert_eq!(recv_some(&mut rb, &b), 1);
         assert!(rb.get(0).unwrap().truncated);
     }
 }

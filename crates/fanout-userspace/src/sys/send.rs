@@ -15,12 +15,12 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use super::cmsg::{self, CmsgBuf, SendOpts};
+use super::cmsg::{self, SendOpts};
+use super::mmsg::{MsgHeaders, NULL_IOVEC};
 use super::sockaddr;
 
 /// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
@@ -44,10 +44,8 @@ pub enum SendResult {
 pub struct SendQueue {
     /// `MAX_GSO_SEGMENTS` iovecs per message.
     iovs: Box<[libc::iovec]>,
-    names: Box<[libc::sockaddr_storage]>,
+    msgs: MsgHeaders,
     dsts: Box<[Option<SocketAddr>]>,
-    ctrl: Box<[CmsgBuf]>,
-    hdrs: Box<[libc::mmsghdr]>,
     tags: Box<[u64]>,
     opts: Box<[SendOpts]>,
     /// Segments in each message (1 without GSO).
@@ -58,7 +56,7 @@ pub struct SendQueue {
     gso: bool,
 }
 
-// SAFETY: the raw pointers in `iovs` and `hdrs` point into the queue's own buffers, or into
+// SAFETY: the raw pointers in `iovs` and `msgs` point into the queue's own buffers, or into
 // caller data borrowed for the lifetime of a `Tx`, which cannot outlive the borrow of the queue;
 // they are rebuilt before each system call.
 unsafe impl Send for SendQueue {}
@@ -66,7 +64,7 @@ unsafe impl Send for SendQueue {}
 impl std::fmt::Debug for SendQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendQueue")
-            .field("capacity", &self.hdrs.len())
+            .field("capacity", &self.msgs.capacity())
             .field("len", &self.len)
             .field("gso", &self.gso)
             .finish()
@@ -77,17 +75,10 @@ impl SendQueue {
     /// Room for `capacity` messages per system call. GSO coalescing is on.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        let null_iov = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
         SendQueue {
-            iovs: vec![null_iov; capacity * MAX_GSO_SEGMENTS].into_boxed_slice(),
-            names: vec![sockaddr::zeroed(); capacity].into_boxed_slice(),
+            iovs: vec![NULL_IOVEC; capacity * MAX_GSO_SEGMENTS].into_boxed_slice(),
+            msgs: MsgHeaders::new(capacity),
             dsts: vec![None; capacity].into_boxed_slice(),
-            ctrl: vec![CmsgBuf::ZERO; capacity].into_boxed_slice(),
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-            hdrs: vec![unsafe { mem::zeroed::<libc::mmsghdr>() }; capacity].into_boxed_slice(),
             tags: vec![0; capacity].into_boxed_slice(),
             opts: vec![SendOpts::default(); capacity].into_boxed_slice(),
             segs: vec![0; capacity].into_boxed_slice(),
@@ -143,7 +134,7 @@ impl<'d> Tx<'_, 'd> {
 
     /// True when the next push of a new message would not fit.
     pub fn is_full(&self) -> bool {
-        self.q.len == self.q.hdrs.len()
+        self.q.len == self.q.msgs.capacity()
     }
 
     /// Queues `data` for `dst` as a message of its own. `tag` comes back with the datagram's
@@ -151,7 +142,7 @@ impl<'d> Tx<'_, 'd> {
     pub fn push(&mut self, dst: &SocketAddr, data: &'d [u8], opts: &SendOpts, tag: u64) -> bool {
         let q = &mut *self.q;
         let i = q.len;
-        if i == q.hdrs.len() {
+        if i == q.msgs.capacity() {
             return false;
         }
         q.iovs[i * MAX_GSO_SEGMENTS] = iovec(data);
@@ -223,7 +214,7 @@ impl<'d> Tx<'_, 'd> {
             let rc = unsafe {
                 libc::sendmmsg(
                     fd.as_raw_fd(),
-                    q.hdrs.as_mut_ptr().add(start),
+                    q.msgs.hdrs.as_mut_ptr().add(start),
                     (n - start) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
@@ -278,26 +269,15 @@ fn iovec(data: &[u8]) -> libc::iovec {
 /// holds several datagrams).
 fn prepare(q: &mut SendQueue, i: usize) {
     let Some(dst) = q.dsts[i] else { return };
-    let namelen = sockaddr::write(&dst, &mut q.names[i]);
+    let m = &mut q.msgs;
+    let namelen = sockaddr::write(&dst, &mut m.names[i]);
     let segs = q.segs[i] as usize;
     let mut opts = q.opts[i];
     if segs > 1 {
         opts.gso_segment = u16::try_from(q.iovs[i * MAX_GSO_SEGMENTS].iov_len).ok();
     }
-    let h = &mut q.hdrs[i].msg_hdr;
-    h.msg_name = (&mut q.names[i] as *mut libc::sockaddr_storage).cast();
-    h.msg_namelen = namelen;
-    h.msg_iov = &mut q.iovs[i * MAX_GSO_SEGMENTS];
-    h.msg_iovlen = segs;
-    h.msg_flags = 0;
-    let clen = cmsg::build(&opts, &mut q.ctrl[i], h);
-    if clen == 0 {
-        h.msg_control = std::ptr::null_mut();
-        h.msg_controllen = 0;
-    } else {
-        h.msg_control = q.ctrl[i].0.as_mut_ptr().cast();
-        h.msg_controllen = clen as _;
-    }
+    let clen = cmsg::build(&opts, &mut m.ctrl[i], &mut m.hdrs[i].msg_hdr);
+    m.aim(i, namelen, &mut q.iovs[i * MAX_GSO_SEGMENTS], segs, clen);
 }
 
 /// Reports every datagram of message `i` with `result`.
@@ -323,17 +303,12 @@ fn send_each(
     for s in 0..segs {
         let mut iov = q.iovs[i * MAX_GSO_SEGMENTS + s];
         let opts = q.opts[i];
-        let mut hdr = q.hdrs[i].msg_hdr;
+        let ctrl = &mut q.msgs.ctrl[i];
+        let mut hdr = q.msgs.hdrs[i].msg_hdr;
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
-        let clen = cmsg::build(&opts, &mut q.ctrl[i], &mut hdr);
-        if clen == 0 {
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
-        } else {
-            hdr.msg_control = q.ctrl[i].0.as_mut_ptr().cast();
-            hdr.msg_controllen = clen as _;
-        }
+        let clen = cmsg::build(&opts, ctrl, &mut hdr);
+        cmsg::set_control(&mut hdr, ctrl, clen);
         // SAFETY: `hdr` points at the queue's own address and control buffers and at one iovec
         // on this stack frame, all alive for the call.
         let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, libc::MSG_DONTWAIT) };
@@ -366,16 +341,9 @@ fn wait_writable(fd: BorrowedFd<'_>, wait: Duration) -> bool {
 mod tests {
     use super::*;
     use crate::sys::recv::{RecvBatch, SLOT_SIZE};
+    use crate::sys::testing::{pair, recv_some};
     use std::net::UdpSocket;
     use std::os::fd::AsFd;
-
-    fn pair() -> (UdpSocket, UdpSocket) {
-        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        a.set_nonblocking(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
-    }
 
     fn receive_all(sock: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
         let mut rb = RecvBatch::new(64, SLOT_SIZE);
@@ -468,15 +436,7 @@ mod tests {
             tx.flush(tx_sock.as_fd(), Duration::from_millis(100), |_, _, _| {});
         }
         let mut rb = RecvBatch::new(8, SLOT_SIZE);
-        let mut n = 0;
-        for _ in 0..100 {
-            n = rb.recv(rx_sock.as_fd()).unwrap();
-            if n > 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(n, 1, "one GRO buffer");
+        assert_eq!(recv_some(&mut rb, &rx_sock), 1, "one GRO buffer");
         let d = rb.get(0).unwrap();
         assert_eq!(d.info.gro_segment, Some(300));
         assert_eq!(d.data, payloads.concat().as_slice());

@@ -132,18 +132,7 @@ pub fn upstream(dual: bool, recv_buffer: usize) -> io::Result<UdpSocket> {
 /// flow, of equal size, in one buffer, with their size in a `UDP_GRO` control message
 /// ([`crate::sys::RecvInfo::gro_segment`]). Returns false when the kernel does not support it.
 pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
-    let v: libc::c_int = on.into();
-    // SAFETY: a valid fd and a pointer/length pair describing one c_int alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
+    setsockopt_int(sock, libc::SOL_UDP, libc::UDP_GRO, on.into()).is_ok()
 }
 
 /// Asks the kernel to stamp every datagram received on `sock` with the time it arrived
@@ -151,22 +140,7 @@ pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
 /// receiver can tell network latency apart from its own wake-up delay. Used by the benchmark
 /// tools; the data plane does not need it.
 pub fn set_rx_timestamps(sock: &impl AsFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd and a pointer/length pair describing one c_int alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 fn set_pktinfo(s: &Socket, v6: bool) -> io::Result<()> {
@@ -200,11 +174,13 @@ fn set_buffers(s: &Socket, recv: usize, send: usize) -> io::Result<BufferSizes> 
     })
 }
 
-fn setsockopt_int(s: &Socket, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+/// Sets an integer (or boolean) socket option: the one raw `setsockopt` behind every option
+/// socket2 does not cover.
+fn setsockopt_int(s: &impl AsFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
     // SAFETY: a valid fd, and a pointer/length pair describing one c_int that lives for the call.
     let rc = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            s.as_fd().as_raw_fd(),
             level,
             name,
             (&value as *const libc::c_int).cast(),

@@ -3,8 +3,10 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::Guard;
 use fanout_core::select::Pick;
 use fanout_core::{DropReason, FlowKey};
 
@@ -56,11 +58,25 @@ pub(crate) struct EgressTx<'q, 'd> {
     timeout: Duration,
 }
 
-/// What a flush needs to account for results.
+/// What a flush needs to account for results: one batch's view of a listener.
 pub(crate) struct Ctx<'a> {
     pub id: usize,
     pub counters: &'a ListenerCounters,
-    pub active: &'a ActiveSet,
+    pub active: Guard<Arc<ActiveSet>>,
+}
+
+impl<'a> Ctx<'a> {
+    /// Worker `id`'s counters of `shared` and its downstream set as of now: one lock-free
+    /// `ArcSwap` load per batch, held for the whole batch, so that every datagram of it is
+    /// picked and counted against the same set.
+    #[inline]
+    pub(crate) fn load(id: usize, shared: &'a ListenerShared) -> Self {
+        Ctx {
+            id,
+            counters: shared.stats().slot(id),
+            active: shared.backends(),
+        }
+    }
 }
 
 impl<'d> EgressTx<'_, 'd> {
@@ -82,10 +98,7 @@ impl<'d> EgressTx<'_, 'd> {
             ctx.counters.dropped(DropReason::SendError);
             return;
         };
-        if !tx.push_coalesced(&dst, data, &SendOpts::default(), u64::from(e)) {
-            flush(ctx, sock, tx, timeout);
-            tx.push(&dst, data, &SendOpts::default(), u64::from(e));
-        }
+        push_copy(ctx, sock, tx, timeout, &dst, e, data);
     }
 
     /// Sends what is queued.
@@ -94,6 +107,25 @@ impl<'d> EgressTx<'_, 'd> {
         for (sock, tx) in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
             flush(ctx, sock, tx, timeout);
         }
+    }
+}
+
+/// Queues one copy of `data` for endpoint `e` at `dst` (as one more GSO segment of the previous
+/// message when it can), first sending what `tx` holds on `sock` when it is full. The tag is
+/// the endpoint index, as [`flush`] expects.
+#[inline]
+pub(crate) fn push_copy<'d>(
+    ctx: &Ctx<'_>,
+    sock: &UdpSocket,
+    tx: &mut Tx<'_, 'd>,
+    timeout: Duration,
+    dst: &SocketAddr,
+    e: u32,
+    data: &'d [u8],
+) {
+    if !tx.push_coalesced(dst, data, &SendOpts::default(), u64::from(e)) {
+        flush(ctx, sock, tx, timeout);
+        tx.push(dst, data, &SendOpts::default(), u64::from(e));
     }
 }
 
@@ -223,14 +255,8 @@ pub(crate) fn stateless(
     egress: &mut Egress,
     plan: &mut Vec<(u32, Piece)>,
 ) {
-    let counters = shared.stats().slot(id);
-    let active = shared.backends();
-    let ctx = Ctx {
-        id,
-        counters,
-        active: &active,
-    };
-    let set = &active.set;
+    let ctx = Ctx::load(id, shared);
+    let (counters, set) = (ctx.counters, &ctx.active.set);
     plan.clear();
     each_datagram(recv, counters, |piece, d| {
         match set.pick(&FlowKey::new(d.src), cursor) {

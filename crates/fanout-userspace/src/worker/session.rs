@@ -17,11 +17,10 @@ use fanout_core::{DropReason, SessionCounts};
 use mio::unix::SourceFd;
 use mio::{Interest, Poll};
 
-use super::forward::{Ctx, Egress, each_datagram, flush, send_plan};
+use super::forward::{Ctx, Egress, each_datagram, flush, push_copy, send_plan};
 use super::{Buffers, LogLimiter, upstream_token};
 use crate::listener::ListenerShared;
 use crate::stats::ListenerCounters;
-use crate::sys::SendOpts;
 use crate::sys::socket;
 
 /// Receive buffer of each upstream socket: replies to one port are few at a time.
@@ -92,15 +91,9 @@ impl Sessions {
         poll: &Poll,
         now: u64,
     ) {
-        let counters = shared.stats().slot(id);
-        let active = shared.backends();
-        let ctx = Ctx {
-            id,
-            counters,
-            active: &active,
-        };
-        let set = &active.set;
-        let generation = active.generation;
+        let ctx = Ctx::load(id, shared);
+        let (counters, set) = (ctx.counters, &ctx.active.set);
+        let generation = ctx.active.generation;
         let Buffers {
             recv,
             upstream_sends,
@@ -190,10 +183,7 @@ impl Sessions {
                 };
                 let data = piece.data(&bufs.recv);
                 let dst = if dual { mapped(ep.addr) } else { ep.addr };
-                if !tx.push_coalesced(&dst, data, &SendOpts::default(), u64::from(e)) {
-                    flush(ctx, &up.sock, &mut tx, timeout);
-                    tx.push(&dst, data, &SendOpts::default(), u64::from(e));
-                }
+                push_copy(ctx, &up.sock, &mut tx, timeout, &dst, e, data);
             }
             flush(ctx, &up.sock, &mut tx, timeout);
             start = end;
