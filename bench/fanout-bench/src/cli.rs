@@ -401,19 +401,22 @@ mod tests {
         Cli::try_parse_from(std::iter::once("b").chain(args.split_whitespace())).map(|c| c.command)
     }
 
+    /// The arguments of subcommand `$variant` that `parse($args)` must give.
+    macro_rules! parse_as {
+        ($variant:ident, $args:expr) => {{
+            let Command::$variant(a) = parse($args).unwrap() else {
+                panic!(concat!("not ", stringify!($variant)))
+            };
+            a
+        }};
+    }
+
     #[test]
     fn cli_is_consistent_and_parses_lists() {
         Cli::command().debug_assert();
-        let Command::Gen(g) = parse("gen --target 127.0.0.1:9 --size 0,64,1400 --count 5").unwrap()
-        else {
-            panic!("not gen")
-        };
+        let g = parse_as!(Gen, "gen --target 127.0.0.1:9 --size 0,64,1400 --count 5");
         assert_eq!(g.size, vec![0, 64, 1400]);
-        let Command::Sink(s) =
-            parse("sink --bind 127.0.0.1:0 --bind [::1]:0 --duration 1s").unwrap()
-        else {
-            panic!("not sink")
-        };
+        let s = parse_as!(Sink, "sink --bind 127.0.0.1:0 --bind [::1]:0 --duration 1s");
         assert_eq!(s.bind.len(), 2);
         assert!(parse("sink").is_err());
     }
@@ -421,12 +424,10 @@ mod tests {
     #[test]
     fn gen_takes_source_address_lists_and_port_ranges() {
         let base = "gen --target 127.0.0.1:9 --count 5";
-        let Command::Gen(g) = parse(&format!(
-            "{base} --bind-ips 127.0.0.1,127.0.0.3-127.0.0.4 --bind-ports 10000-30000"
-        ))
-        .unwrap() else {
-            panic!("not gen")
-        };
+        let g = parse_as!(
+            Gen,
+            &format!("{base} --bind-ips 127.0.0.1,127.0.0.3-127.0.0.4 --bind-ports 10000-30000")
+        );
         let ips: Vec<IpAddr> = ["127.0.0.1", "127.0.0.3", "127.0.0.4"]
             .iter()
             .map(|s| s.parse().unwrap())
@@ -439,9 +440,7 @@ mod tests {
 
     #[test]
     fn compare_takes_scenario_and_peer_lists() {
-        let Command::Compare(a) = parse("compare").unwrap() else {
-            panic!("not compare")
-        };
+        let a = parse_as!(Compare, "compare");
         assert_eq!(a.scenarios.0.len(), 6);
         assert_eq!(
             a.peers.0.len(),
@@ -449,11 +448,10 @@ mod tests {
         );
         assert_eq!(a.repeats, 3);
         assert!(!a.quick && a.write.is_none());
-        let Command::Compare(a) =
-            parse("compare --quick --scenarios a,e --peers nginx,direct").unwrap()
-        else {
-            panic!("not compare")
-        };
+        let a = parse_as!(
+            Compare,
+            "compare --quick --scenarios a,e --peers nginx,direct"
+        );
         assert!(a.quick);
         assert_eq!(a.scenarios.0.len(), 2);
         assert_eq!(a.peers.0.len(), 3);
@@ -463,9 +461,7 @@ mod tests {
 
     #[test]
     fn sessions_has_the_documented_defaults() {
-        let Command::Sessions(s) = parse("sessions").unwrap() else {
-            panic!("not sessions")
-        };
+        let s = parse_as!(Sessions, "sessions");
         assert_eq!(s.sessions, 100_000);
         assert_eq!(s.downstreams, 8);
         assert_eq!(s.fill_rate, 50_000);
@@ -473,11 +469,10 @@ mod tests {
         assert_eq!(s.workers, None);
         assert_eq!(s.client_ports, (10_000, 30_000));
         assert!(!s.json);
-        let Command::Sessions(s) =
-            parse("sessions --sessions 2000 --workers 1 --duration 1s --json").unwrap()
-        else {
-            panic!("not sessions")
-        };
+        let s = parse_as!(
+            Sessions,
+            "sessions --sessions 2000 --workers 1 --duration 1s --json"
+        );
         assert_eq!((s.sessions, s.workers, s.json), (2_000, Some(1), true));
     }
 }

@@ -67,17 +67,15 @@ pub(crate) enum RawDistribution {
 }
 
 /// A downstream: `"ip:port"` or `{ address: "ip:port", weight: 3 }`.
-#[derive(Debug)]
+///
+/// The map form is the derived deserializer: `remote = "Self"` makes the derive an inherent
+/// `RawDownstream::deserialize` instead of the trait impl, so that the impl below can take the
+/// string form itself and hand a map to it, with one list of fields for both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub(crate) struct RawDownstream {
     pub address: Option<Scalar>,
     pub weight: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDownstreamMap {
-    address: Option<Scalar>,
-    weight: Option<i64>,
 }
 
 impl<'de> Deserialize<'de> for RawDownstream {
@@ -95,11 +93,7 @@ impl<'de> Deserialize<'de> for RawDownstream {
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDownstream, A::Error> {
-                let m = RawDownstreamMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawDownstream {
-                    address: m.address,
-                    weight: m.weight,
-                })
+                RawDownstream::deserialize(de::value::MapAccessDeserializer::new(map))
             }
         }
         d.deserialize_any(V)

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use fanout_core::select::Distribution;
@@ -423,25 +424,25 @@ fn session(raw: RawSession, p: &str, errs: &mut Errors) -> Option<SessionConfig>
             "with sticky: false and reply: false a session does nothing; remove the section or enable one",
         );
     }
-    if let Some(t) = raw.idle_timeout_secs {
-        if (1..=7 * 86_400).contains(&t) {
-            s.idle_timeout = Duration::from_secs(t as u64);
-        } else {
-            errs.add(
-                format!("{p}.session.idle_timeout_secs"),
-                format!("{t} is invalid: use 1..=604800 (a week)"),
-            );
-        }
+    let mut checked = |key: &str, raw, range, note: &str| {
+        within(raw, range, format!("{p}.session.{key}"), note, errs)
+    };
+    let week = 7 * 86_400;
+    if let Some(t) = checked(
+        "idle_timeout_secs",
+        raw.idle_timeout_secs,
+        1..=week,
+        " (a week)",
+    ) {
+        s.idle_timeout = Duration::from_secs(t as u64);
     }
-    if let Some(m) = raw.max_sessions {
-        if (1..=MAX_SESSIONS as i64).contains(&m) {
-            s.max_sessions = m as usize;
-        } else {
-            errs.add(
-                format!("{p}.session.max_sessions"),
-                format!("{m} is invalid: use 1..={MAX_SESSIONS}"),
-            );
-        }
+    if let Some(m) = checked(
+        "max_sessions",
+        raw.max_sessions,
+        1..=MAX_SESSIONS as i64,
+        "",
+    ) {
+        s.max_sessions = m as usize;
     }
     (errs.0.len() == before).then_some(s)
 }
@@ -461,23 +462,18 @@ fn metrics(raw: Option<RawMetrics>, errs: &mut Errors) -> Option<MetricsConfig> 
 fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneConfig> {
     let raw = raw?;
     let mut d = DataplaneConfig::default();
-    match raw.workers {
-        None | Some(RawWorkers::Auto) => {}
-        Some(RawWorkers::Count(n)) if (1..=1024).contains(&n) => d.workers = n as usize,
-        Some(RawWorkers::Count(n)) => errs.add(
-            "dataplane.workers",
-            format!("{n} is invalid: use 1..=1024 or \"auto\""),
-        ),
+    let mut checked = |key: &str, raw, range, note: &str| {
+        within(raw, range, format!("dataplane.{key}"), note, errs)
+    };
+    let workers = match raw.workers {
+        None | Some(RawWorkers::Auto) => None,
+        Some(RawWorkers::Count(n)) => Some(n),
+    };
+    if let Some(n) = checked("workers", workers, 1..=1024, " or \"auto\"") {
+        d.workers = n as usize;
     }
-    if let Some(b) = raw.batch_size {
-        if (1..=1024).contains(&b) {
-            d.batch_size = b as usize;
-        } else {
-            errs.add(
-                "dataplane.batch_size",
-                format!("{b} is invalid: use 1..=1024"),
-            );
-        }
+    if let Some(b) = checked("batch_size", raw.batch_size, 1..=1024, "") {
+        d.batch_size = b as usize;
     }
     if let Some(s) = raw.recv_buffer {
         d.recv_buffer = s.0;
@@ -485,15 +481,8 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
     if let Some(s) = raw.send_buffer {
         d.send_buffer = s.0;
     }
-    if let Some(b) = raw.busy_poll_us {
-        if (0..=1_000_000).contains(&b) {
-            d.busy_poll = Duration::from_micros(b as u64);
-        } else {
-            errs.add(
-                "dataplane.busy_poll_us",
-                format!("{b} is invalid: use 0..=1000000"),
-            );
-        }
+    if let Some(b) = checked("busy_poll_us", raw.busy_poll_us, 0..=1_000_000, "") {
+        d.busy_poll = Duration::from_micros(b as u64);
     }
     if let Some(g) = raw.gro {
         d.gro = g;
@@ -501,17 +490,35 @@ fn dataplane(raw: Option<RawDataplane>, errs: &mut Errors) -> Option<DataplaneCo
     if let Some(g) = raw.gso {
         d.gso = g;
     }
-    if let Some(t) = raw.send_timeout_ms {
-        if (0..=10_000).contains(&t) {
-            d.send_timeout = Duration::from_millis(t as u64);
-        } else {
-            errs.add(
-                "dataplane.send_timeout_ms",
-                format!("{t} is invalid: use 0..=10000"),
-            );
-        }
+    if let Some(t) = checked("send_timeout_ms", raw.send_timeout_ms, 0..=10_000, "") {
+        d.send_timeout = Duration::from_millis(t as u64);
     }
     Some(d)
+}
+
+/// An integer key with bounds: `raw` if it is given and lies in `range`. Out of range, an error
+/// at `path` that names the range, followed by `note` (`0 is invalid: use 1..=1024 or
+/// "auto"`), and `None`; every such key says it the same way.
+fn within(
+    raw: Option<i64>,
+    range: RangeInclusive<i64>,
+    path: impl Into<String>,
+    note: &str,
+    errs: &mut Errors,
+) -> Option<i64> {
+    let value = raw?;
+    if range.contains(&value) {
+        return Some(value);
+    }
+    errs.add(
+        path,
+        format!(
+            "{value} is invalid: use {}..={}{note}",
+            range.start(),
+            range.end()
+        ),
+    );
+    None
 }
 
 fn socket_addr(s: &Scalar, path: &str, errs: &mut Errors) -> Option<SocketAddr> {

@@ -81,254 +81,234 @@ fn endpoint_labels(l: &ListenerSnapshot, e: &EndpointSnapshot) -> Labels {
     labels
 }
 
-/// One sample per listener, labelled `listener`.
-fn per_listener<'a>(
-    snaps: impl IntoIterator<Item = &'a ListenerSnapshot>,
-    value: fn(&ListenerSnapshot) -> u64,
-) -> Samples {
-    snaps
-        .into_iter()
-        .map(|l| (listener_label(l), value(l)))
-        .collect()
+fn reason_labels(l: &ListenerSnapshot, r: DropReason) -> Labels {
+    let mut labels = listener_label(l);
+    labels.push((Cow::Borrowed("reason"), Cow::Borrowed(r.as_str())));
+    labels
 }
 
-/// One sample per listener and drop reason (every reason, zeros included), labelled `listener`
-/// and `reason`.
-fn per_reason<'a>(
-    snaps: impl IntoIterator<Item = &'a ListenerSnapshot>,
-    counts: fn(&ListenerSnapshot) -> &[u64; DropReason::COUNT],
-) -> Samples {
-    snaps
-        .into_iter()
-        .flat_map(|l| {
-            DropReason::ALL.iter().map(move |r| {
-                let mut labels = listener_label(l);
-                labels.push((Cow::Borrowed("reason"), Cow::Borrowed(r.as_str())));
-                (labels, counts(l)[r.index()])
-            })
-        })
-        .collect()
+/// What a family has a sample of, and its value.
+#[derive(Clone, Copy)]
+enum Per {
+    /// One sample per listener, labelled `listener`.
+    Listener(fn(&ListenerSnapshot) -> u64),
+    /// One per listener and drop reason (every reason, zeros included), labelled `listener`
+    /// and `reason`.
+    Reason(fn(&ListenerSnapshot) -> &[u64; DropReason::COUNT]),
+    /// One per downstream that the function has a value for, labelled `listener` and
+    /// `endpoint`.
+    Endpoint(fn(&EndpointSnapshot) -> Option<u64>),
 }
 
-/// One sample per downstream of every listener that `value` has one for, labelled `listener`
-/// and `endpoint`.
-fn per_endpoint(
-    snaps: &[ListenerSnapshot],
-    value: fn(&EndpointSnapshot) -> Option<u64>,
-) -> Samples {
-    snaps
-        .iter()
-        .flat_map(|l| {
-            l.downstreams
-                .iter()
-                .filter_map(move |e| value(e).map(|v| (endpoint_labels(l, e), v)))
-        })
-        .collect()
-}
-
-/// Writes one metric family: a descriptor followed by one sample per label set.
-fn family(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
+/// One metric family of the exposition.
+struct Family {
+    /// The name without the `_total` that counters get.
+    name: &'static str,
+    help: &'static str,
     kind: MetricType,
-    samples: &[(Labels, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, kind)?;
-    for (labels, v) in samples {
-        let fam = m.encode_family(labels)?;
-        match kind {
-            MetricType::Gauge => {
-                ConstGauge::new(i64::try_from(*v).unwrap_or(i64::MAX)).encode(fam)?
-            }
-            _ => ConstCounter::new(*v).encode(fam)?,
+    per: Per,
+    /// Only the listeners that keep sessions have samples.
+    sessions_only: bool,
+    /// Left out entirely (no HELP or TYPE either) when it has no sample.
+    omit_empty: bool,
+}
+
+impl Family {
+    const fn counter(name: &'static str, help: &'static str, per: Per) -> Family {
+        Family {
+            name,
+            help,
+            kind: MetricType::Counter,
+            per,
+            sessions_only: false,
+            omit_empty: false,
         }
     }
-    Ok(())
-}
 
-const COUNTER: MetricType = MetricType::Counter;
-const GAUGE: MetricType = MetricType::Gauge;
+    const fn gauge(name: &'static str, help: &'static str, per: Per) -> Family {
+        Family {
+            kind: MetricType::Gauge,
+            ..Family::counter(name, help, per)
+        }
+    }
 
-impl Collector for ListenerCollector {
-    /// The families in their fixed order: the client path, the downstreams, the sessions, the
-    /// reply path, the sockets.
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snaps = (self.source)();
-        encode_client_path(&mut enc, &snaps)?;
-        encode_downstreams(&mut enc, &snaps)?;
-        encode_sessions(&mut enc, &snaps)?;
-        encode_reply_path(&mut enc, &snaps)?;
-        family(
-            &mut enc,
-            "udp_fanout_socket_drops",
-            "Datagrams the kernel dropped because a listener socket's receive buffer was full (never seen by udp-fanout).",
-            COUNTER,
-            &per_listener(&snaps, |l| l.socket_drops),
-        )
+    const fn sessions_only(self) -> Family {
+        Family {
+            sessions_only: true,
+            ..self
+        }
+    }
+
+    const fn omit_empty(self) -> Family {
+        Family {
+            omit_empty: true,
+            ..self
+        }
+    }
+
+    fn samples(&self, snaps: &[ListenerSnapshot]) -> Samples {
+        let listeners = snaps
+            .iter()
+            .filter(|l| !self.sessions_only || l.sessions_active.is_some());
+        match self.per {
+            Per::Listener(value) => listeners.map(|l| (listener_label(l), value(l))).collect(),
+            Per::Reason(counts) => listeners
+                .flat_map(|l| {
+                    DropReason::ALL
+                        .iter()
+                        .map(move |&r| (reason_labels(l, r), counts(l)[r.index()]))
+                })
+                .collect(),
+            Per::Endpoint(value) => listeners
+                .flat_map(|l| {
+                    l.downstreams
+                        .iter()
+                        .filter_map(move |e| value(e).map(|v| (endpoint_labels(l, e), v)))
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the descriptor followed by one sample per label set.
+    fn encode(&self, enc: &mut DescriptorEncoder<'_>, samples: &Samples) -> std::fmt::Result {
+        let mut m = enc.encode_descriptor(self.name, self.help, None, self.kind)?;
+        for (labels, v) in samples {
+            let fam = m.encode_family(labels)?;
+            match self.kind {
+                MetricType::Gauge => {
+                    ConstGauge::new(i64::try_from(*v).unwrap_or(i64::MAX)).encode(fam)?
+                }
+                _ => ConstCounter::new(*v).encode(fam)?,
+            }
+        }
+        Ok(())
     }
 }
 
-/// Datagrams and bytes from clients, and what became of them.
-fn encode_client_path(
-    enc: &mut DescriptorEncoder<'_>,
-    snaps: &[ListenerSnapshot],
-) -> Result<(), std::fmt::Error> {
-    family(
-        enc,
+/// Every family, in the fixed order of the exposition: the client path, the downstreams, the
+/// sessions, the reply path, the sockets.
+const FAMILIES: &[Family] = &[
+    // Datagrams and bytes from clients, and what became of them.
+    Family::counter(
         "udp_fanout_packets_received",
         "Datagrams received from clients.",
-        COUNTER,
-        &per_listener(snaps, |l| l.received),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.received),
+    ),
+    Family::counter(
         "udp_fanout_packets_forwarded",
         "Datagrams sent to downstreams (a mirrored datagram counts once per copy).",
-        COUNTER,
-        &per_listener(snaps, |l| l.forwarded),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.forwarded),
+    ),
+    Family::counter(
         "udp_fanout_packets_dropped",
         "Datagrams (or copies) dropped, by reason.",
-        COUNTER,
-        &per_reason(snaps, |l| &l.dropped),
-    )?;
-    family(
-        enc,
+        Per::Reason(|l| &l.dropped),
+    ),
+    Family::counter(
         "udp_fanout_bytes_received",
         "Payload bytes received from clients.",
-        COUNTER,
-        &per_listener(snaps, |l| l.bytes_received),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.bytes_received),
+    ),
+    Family::counter(
         "udp_fanout_bytes_forwarded",
         "Payload bytes sent to downstreams.",
-        COUNTER,
-        &per_listener(snaps, |l| l.bytes_forwarded),
-    )
-}
-
-/// Per-downstream traffic, how many downstreams take flows, and health where it is checked
-/// (the health family is left out entirely when no downstream has a health check).
-fn encode_downstreams(
-    enc: &mut DescriptorEncoder<'_>,
-    snaps: &[ListenerSnapshot],
-) -> Result<(), std::fmt::Error> {
-    family(
-        enc,
+        Per::Listener(|l| l.bytes_forwarded),
+    ),
+    // Per-downstream traffic, how many downstreams take flows, and health where it is checked
+    // (the health family is left out entirely when no downstream has a health check).
+    Family::counter(
         "udp_fanout_downstream_packets",
         "Datagrams sent to each downstream.",
-        COUNTER,
-        &per_endpoint(snaps, |e| Some(e.packets)),
-    )?;
-    family(
-        enc,
+        Per::Endpoint(|e| Some(e.packets)),
+    ),
+    Family::counter(
         "udp_fanout_downstream_bytes",
         "Payload bytes sent to each downstream.",
-        COUNTER,
-        &per_endpoint(snaps, |e| Some(e.bytes)),
-    )?;
-    family(
-        enc,
+        Per::Endpoint(|e| Some(e.bytes)),
+    ),
+    Family::gauge(
         "udp_fanout_downstream_active",
         "Downstreams currently taking new flows.",
-        GAUGE,
-        &per_listener(snaps, |l| l.downstream_active),
-    )?;
-    let health = per_endpoint(snaps, |e| e.healthy.map(u64::from));
-    if health.is_empty() {
-        return Ok(());
-    }
-    family(
-        enc,
+        Per::Listener(|l| l.downstream_active),
+    ),
+    Family::gauge(
         "udp_fanout_downstream_health",
         "1 if the downstream passes its health check.",
-        GAUGE,
-        &health,
+        Per::Endpoint(|e| e.healthy.map(u64::from)),
     )
-}
-
-/// The listeners that keep sessions.
-fn with_sessions(snaps: &[ListenerSnapshot]) -> impl Iterator<Item = &ListenerSnapshot> + Clone {
-    snaps.iter().filter(|l| l.sessions_active.is_some())
-}
-
-/// Session counts of the listeners that keep sessions; nothing at all when none does.
-fn encode_sessions(
-    enc: &mut DescriptorEncoder<'_>,
-    snaps: &[ListenerSnapshot],
-) -> Result<(), std::fmt::Error> {
-    let listeners = with_sessions(snaps);
-    if listeners.clone().next().is_none() {
-        return Ok(());
-    }
-    family(
-        enc,
+    .omit_empty(),
+    // Session counts of the listeners that keep sessions; nothing at all when none does.
+    Family::gauge(
         "udp_fanout_sessions_active",
         "Live client sessions.",
-        GAUGE,
-        &per_listener(listeners.clone(), |l| l.sessions_active.unwrap_or(0)),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.sessions_active.unwrap_or(0)),
+    )
+    .sessions_only()
+    .omit_empty(),
+    Family::counter(
         "udp_fanout_sessions_created",
         "Client sessions created.",
-        COUNTER,
-        &per_listener(listeners.clone(), |l| l.sessions.created),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.sessions.created),
+    )
+    .sessions_only()
+    .omit_empty(),
+    Family::counter(
         "udp_fanout_sessions_expired",
         "Sessions ended by their idle timeout.",
-        COUNTER,
-        &per_listener(listeners.clone(), |l| l.sessions.expired),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.sessions.expired),
+    )
+    .sessions_only()
+    .omit_empty(),
+    Family::counter(
         "udp_fanout_sessions_evicted",
         "Sessions evicted (least recently used) from a full table.",
-        COUNTER,
-        &per_listener(listeners.clone(), |l| l.sessions.evicted),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.sessions.evicted),
+    )
+    .sessions_only()
+    .omit_empty(),
+    Family::counter(
         "udp_fanout_sessions_repinned",
         "Sessions moved to another downstream because theirs left the set.",
-        COUNTER,
-        &per_listener(listeners, |l| l.sessions.repinned),
+        Per::Listener(|l| l.sessions.repinned),
     )
-}
-
-/// Replies from downstreams back to clients. The reply counts are exported for every listener
-/// (zero without sessions), the reply drops only for listeners that keep sessions.
-fn encode_reply_path(
-    enc: &mut DescriptorEncoder<'_>,
-    snaps: &[ListenerSnapshot],
-) -> Result<(), std::fmt::Error> {
-    family(
-        enc,
+    .sessions_only()
+    .omit_empty(),
+    // Replies from downstreams back to clients. The reply counts are exported for every
+    // listener (zero without sessions), the reply drops only for listeners that keep sessions.
+    Family::counter(
         "udp_fanout_replies",
         "Replies relayed from downstreams to clients.",
-        COUNTER,
-        &per_listener(snaps, |l| l.replies),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.replies),
+    ),
+    Family::counter(
         "udp_fanout_replies_received",
         "Datagrams received from downstreams on the reply path.",
-        COUNTER,
-        &per_listener(snaps, |l| l.replies_received),
-    )?;
-    family(
-        enc,
+        Per::Listener(|l| l.replies_received),
+    ),
+    Family::counter(
         "udp_fanout_replies_dropped",
         "Reply-path datagrams dropped, by reason.",
-        COUNTER,
-        &per_reason(with_sessions(snaps), |l| &l.replies_dropped),
+        Per::Reason(|l| &l.replies_dropped),
     )
+    .sessions_only(),
+    Family::counter(
+        "udp_fanout_socket_drops",
+        "Datagrams the kernel dropped because a listener socket's receive buffer was full (never seen by udp-fanout).",
+        Per::Listener(|l| l.socket_drops),
+    ),
+];
+
+impl Collector for ListenerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snaps = (self.source)();
+        for f in FAMILIES {
+            let samples = f.samples(&snaps);
+            if !(f.omit_empty && samples.is_empty()) {
+                f.encode(&mut enc, &samples)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

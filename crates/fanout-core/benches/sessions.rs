@@ -18,6 +18,37 @@ fn client(i: u32) -> SocketAddr {
     ))
 }
 
+/// Downstream `d` of the 8 the benchmarks spread sessions over.
+fn downstream(d: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, d], 53))
+}
+
+/// Moves `i` on to the next of the `N` clients and returns it. The step is prime, so a round
+/// visits every client, and the order is scattered, not the order they were inserted in.
+fn next_client(i: &mut u32) -> u32 {
+    *i = (*i + 7_919) % N;
+    *i
+}
+
+/// The benchmarks' clock, in milliseconds: at a million datagrams a second it advances once per
+/// thousand of them.
+#[derive(Default)]
+struct Clock {
+    datagrams: u64,
+}
+
+impl Clock {
+    /// One more datagram; returns the time it arrived at.
+    fn tick(&mut self) -> u64 {
+        self.datagrams += 1;
+        self.now()
+    }
+
+    fn now(&self) -> u64 {
+        self.datagrams / 1_000
+    }
+}
+
 fn full_table() -> SessionTable<[u64; 4]> {
     let mut t = SessionTable::new(N as usize, 60_000);
     for i in 0..N {
@@ -30,21 +61,12 @@ fn bench(c: &mut Criterion) {
     let mut t = full_table();
     let mut i = 0u32;
     let mut now = 0u64;
-    // The clock is in milliseconds; at a million datagrams a second it advances once per
-    // thousand lookups.
-    let mut ticks = 0u64;
+    let mut clock = Clock::default();
     c.bench_function("session/lookup_hit_100k", |b| {
-        b.iter(|| {
-            i = (i + 7_919) % N;
-            ticks += 1;
-            black_box(t.lookup(black_box(&client(i)), ticks / 1_000))
-        })
+        b.iter(|| black_box(t.lookup(black_box(&client(next_client(&mut i))), clock.tick())))
     });
     c.bench_function("session/lookup_miss_100k", |b| {
-        b.iter(|| {
-            i = (i + 7_919) % N;
-            black_box(t.find(black_box(&client(N + i))))
-        })
+        b.iter(|| black_box(t.find(black_box(&client(N + next_client(&mut i))))))
     });
     c.bench_function("session/insert_evict_100k", |b| {
         let mut next = N;
@@ -63,9 +85,7 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("ports/acquire_release_8_downstreams", |b| {
         let mut p = PortSlots::new(1 << 20);
-        let ds: Vec<SocketAddr> = (0..8)
-            .map(|d| SocketAddr::from(([10, 0, 0, d], 53)))
-            .collect();
+        let ds: Vec<SocketAddr> = (0..8).map(downstream).collect();
         let held: Vec<_> = (0..N)
             .map(|i| {
                 (
@@ -86,9 +106,7 @@ fn bench(c: &mut Criterion) {
 
 /// A machine with `N` sessions over 8 downstreams (reply path on, sticky), and its set.
 fn full_machine() -> (SessionMachine, BackendSet) {
-    let eps = (0..8)
-        .map(|d| Endpoint::new(SocketAddr::from(([10, 0, 0, d], 53))))
-        .collect();
+    let eps = (0..8).map(|d| Endpoint::new(downstream(d))).collect();
     let set = BackendSet::new(Distribution::RoundRobin, eps, DEFAULT_TABLE_SIZE);
     let mut m = SessionMachine::new(MachineConfig {
         distribution: Distribution::RoundRobin,
@@ -108,12 +126,11 @@ fn full_machine() -> (SessionMachine, BackendSet) {
 fn bench_machine(c: &mut Criterion) {
     let (mut m, set) = full_machine();
     let mut i = 0u32;
-    let mut ticks = 0u64;
+    let mut clock = Clock::default();
     c.bench_function("machine/datagram_known_client_100k", |b| {
         b.iter(|| {
-            i = (i + 7_919) % N;
-            ticks += 1;
-            black_box(m.on_datagram(black_box(client(i)), None, &set, 1, ticks / 1_000))
+            let from = black_box(client(next_client(&mut i)));
+            black_box(m.on_datagram(from, None, &set, 1, clock.tick()))
         })
     });
     // Replies come back on the port the session sends from, from its downstream.
@@ -129,7 +146,7 @@ fn bench_machine(c: &mut Criterion) {
         b.iter(|| {
             j = (j + 1) % routes.len();
             let (port, from) = routes[j];
-            let r = m.on_reply(port, from, &set, ticks / 1_000);
+            let r = m.on_reply(port, from, &set, clock.now());
             debug_assert!(matches!(r, Reply::Relay { .. }));
             black_box(r)
         })

@@ -5,15 +5,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::{Daemon, METRICS, WAIT, addr_of, one_listener, recording_sinks, sinks, wait_total};
+use common::{
+    Daemon, METRICS, WAIT, addr_of, generate, landed, one_listener, recording_sinks, sinks,
+    traffic, wait_total,
+};
 use fanout_core::FlowKey;
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint, Pick};
-use fanout_testkit::{GenConfig, SinkHandle, generator, payload};
+use fanout_testkit::{GenReport, SinkHandle, payload};
 
 /// `downstreams:` items with these weights: `{address: '…', weight: w}`.
 fn downstream_list(sinks: &[SinkHandle], weights: &[u32]) -> String {
@@ -33,13 +34,8 @@ fn over(s: &[SinkHandle], listener: &str) -> Daemon {
 }
 
 /// Sends `count` datagrams over `flows` flows cycling `sizes`, all of which must go out.
-fn send(target: SocketAddr, count: u64, flows: u32, sizes: &[usize]) -> fanout_testkit::GenReport {
-    let mut g = GenConfig::new(target);
-    g.count = Some(count);
-    g.flows = flows;
-    g.sizes = sizes.to_vec();
-    g.rate_pps = 50_000;
-    let r = generator::run(&g, &AtomicBool::new(false)).unwrap();
+fn send(target: SocketAddr, count: u64, flows: u32, sizes: &[usize]) -> GenReport {
+    let r = generate(&traffic(target, count, flows, sizes, 50_000));
     assert_eq!(r.sent, count, "generator could not send everything: {r:?}");
     r
 }
@@ -124,15 +120,8 @@ fn consistent_hash_keeps_each_client_on_the_downstream_maglev_predicts() {
     );
     let r = send(d.addr("ch"), 6_400, 64, &[100]);
     wait_total(&s, 6_400);
-    // Where each client landed: the sinks see udp-fanout as the source, so identify the
-    // client by the flow id the generator wrote in every payload.
-    let mut landed: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, x) in s.iter().enumerate() {
-        for f in &x.snapshot().port(addr_of(x)).unwrap().flows {
-            assert_eq!(f.stream, r.stream_id);
-            landed.entry(f.flow).or_default().push(i);
-        }
-    }
+    // Where each client landed, by the flow id the generator wrote in its payloads.
+    let landed = landed(&s, &r);
     assert_eq!(landed.len(), 64, "every client seen");
     // The same Maglev table, computed here, predicts every choice.
     let eps: Vec<Endpoint> = s.iter().map(|x| Endpoint::new(addr_of(x))).collect();

@@ -12,16 +12,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use common::netns::{Topology, enter, ip, privileged_or_skip, sh};
-use common::{Daemon, WAIT, eventually, total, wait_total};
+use common::{Daemon, WAIT, eventually, generate, landed, total, traffic, wait_total};
 use fanout_core::FlowKey;
 use fanout_core::select::{BackendSet, DEFAULT_TABLE_SIZE, Distribution, Endpoint, Pick};
-use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
+use fanout_testkit::{GenReport, Sink, SinkHandle, SinkOptions};
 
 const PORT: u16 = 5514;
 const SINK_PORT: u16 = 7000;
@@ -43,13 +41,9 @@ fn sinks(t: &Topology) -> Vec<SinkHandle> {
 fn send(t: &Topology, count: u64, flows: u32, sizes: &[usize], rate: u64) -> GenReport {
     let target: SocketAddr = format!("{}:{PORT}", t.vip).parse().unwrap();
     enter(&t.client, || {
-        let mut g = GenConfig::new(target);
-        g.count = Some(count);
-        g.flows = flows;
-        g.sizes = sizes.to_vec();
-        g.rate_pps = rate;
+        let mut g = traffic(target, count, flows, sizes, rate);
         g.bind_ip = t.client_ip.parse().unwrap();
-        let r = generator::run(&g, &AtomicBool::new(false)).unwrap();
+        let r = generate(&g);
         assert_eq!(r.sent, count, "{r:?}");
         r
     })
@@ -169,12 +163,7 @@ fn consistent_hash(mode: &str) {
             .collect(),
         DEFAULT_TABLE_SIZE,
     );
-    let mut landed: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, x) in s.iter().enumerate() {
-        for f in &x.snapshot().ports[0].flows {
-            landed.entry(f.flow).or_default().push(i);
-        }
-    }
+    let landed = landed(&s, &r);
     for f in &r.per_flow {
         let Pick::One(want) = set.pick(&FlowKey::new(f.local_addr), &mut 0) else {
             panic!()

@@ -11,18 +11,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{addresses, echo_sinks, eventually, one_listener};
+use common::{addresses, ask, client, echo_sinks, eventually, one_listener};
 use fanout_control::{Control, Desired, Plane, Source};
 use fanout_core::select::{Endpoint, EndpointState};
 use fanout_testkit::SinkHandle;
 use fanout_userspace::{ListenerShared, UserspacePlane};
-
-/// A client socket that waits up to 10 s for an answer.
-fn client() -> UdpSocket {
-    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
-}
 
 /// What every test here runs against: two echo sinks, and a userspace plane (one worker)
 /// whose listener `l` balances over them and relays replies, under a control plane.
@@ -67,10 +60,7 @@ impl Rig {
     /// Sends `what` from `c` to the listener and checks that it comes back from there,
     /// unchanged.
     fn ask(&self, c: &UdpSocket, what: &[u8]) {
-        c.send_to(what, self.to).unwrap();
-        let mut buf = [0u8; 64];
-        let (n, from) = c.recv_from(&mut buf).unwrap();
-        assert_eq!((&buf[..n], from), (what, self.to));
+        ask(c, self.to, what);
     }
 
     /// Waits until the two sinks together counted `n` datagrams (a sink may answer before its

@@ -116,13 +116,20 @@ mod tests {
         FlowKey::new(SocketAddr::from(([192, 0, 2, 9], port)))
     }
 
+    fn set_of(d: Distribution, eps: Vec<Endpoint>) -> BackendSet {
+        BackendSet::new(d, eps, DEFAULT_TABLE_SIZE)
+    }
+
+    /// A set of the downstreams on these loopback ports, in this order.
+    fn set(d: Distribution, ports: &[u16]) -> BackendSet {
+        set_of(d, ports.iter().map(|&p| ep(p)).collect())
+    }
+
+    const RR: Distribution = Distribution::RoundRobin;
+
     #[test]
     fn sticky_round_robin_keeps_its_downstream_while_the_set_changes() {
-        let set1 = BackendSet::new(
-            Distribution::RoundRobin,
-            vec![ep(1), ep(2), ep(3)],
-            DEFAULT_TABLE_SIZE,
-        );
+        let set1 = set(RR, &[1, 2, 3]);
         let mut cur = 1;
         let mut b = bind_new(&set1, 1, &key(1), &mut cur).unwrap();
         assert_eq!(b.downstream.port(), 2);
@@ -134,11 +141,7 @@ mod tests {
             );
         }
         // A downstream is added in front: the index changes, the downstream does not.
-        let set2 = BackendSet::new(
-            Distribution::RoundRobin,
-            vec![ep(9), ep(1), ep(2), ep(3)],
-            DEFAULT_TABLE_SIZE,
-        );
+        let set2 = set(RR, &[9, 1, 2, 3]);
         assert_eq!(
             resolve(&set2, 2, &mut b, &key(1), &mut cur),
             Resolved::Same(2)
@@ -150,16 +153,8 @@ mod tests {
     #[test]
     fn consistent_hash_sessions_stay_even_when_maglev_would_move_them() {
         let all: Vec<Endpoint> = (1..=5).map(ep).collect();
-        let set1 = BackendSet::new(
-            Distribution::ConsistentHash,
-            all[..4].to_vec(),
-            DEFAULT_TABLE_SIZE,
-        );
-        let set2 = BackendSet::new(
-            Distribution::ConsistentHash,
-            all.clone(),
-            DEFAULT_TABLE_SIZE,
-        );
+        let set1 = set_of(Distribution::ConsistentHash, all[..4].to_vec());
+        let set2 = set_of(Distribution::ConsistentHash, all.clone());
         let mut moved_by_maglev = 0;
         for p in 0..500 {
             let mut b = bind_new(&set1, 1, &key(p), &mut 0).unwrap();
@@ -181,18 +176,10 @@ mod tests {
 
     #[test]
     fn repin_when_the_downstream_disappears() {
-        let set1 = BackendSet::new(
-            Distribution::RoundRobin,
-            vec![ep(1), ep(2)],
-            DEFAULT_TABLE_SIZE,
-        );
+        let set1 = set(RR, &[1, 2]);
         let mut b = bind_new(&set1, 1, &key(1), &mut 0).unwrap();
         assert_eq!(b.downstream.port(), 1);
-        let set2 = BackendSet::new(
-            Distribution::RoundRobin,
-            vec![ep(2), ep(3)],
-            DEFAULT_TABLE_SIZE,
-        );
+        let set2 = set(RR, &[2, 3]);
         let r = resolve(&set2, 2, &mut b, &key(1), &mut 0);
         assert_eq!(
             r,
@@ -202,18 +189,18 @@ mod tests {
             }
         );
         assert_eq!(b.downstream.port(), 2);
-        let empty = BackendSet::empty(Distribution::RoundRobin);
+        let empty = BackendSet::empty(RR);
         assert_eq!(resolve(&empty, 3, &mut b, &key(1), &mut 0), Resolved::Gone);
     }
 
     #[test]
     fn draining_downstreams_keep_their_sessions_but_get_no_new_ones() {
         let mut eps = vec![ep(1), ep(2)];
-        let set1 = BackendSet::new(Distribution::RoundRobin, eps.clone(), DEFAULT_TABLE_SIZE);
+        let set1 = set_of(RR, eps.clone());
         let mut b = bind_new(&set1, 1, &key(1), &mut 0).unwrap();
         assert_eq!(b.downstream.port(), 1);
         eps[0].state = EndpointState::Draining;
-        let set2 = BackendSet::new(Distribution::RoundRobin, eps, DEFAULT_TABLE_SIZE);
+        let set2 = set_of(RR, eps);
         assert_eq!(
             resolve(&set2, 2, &mut b, &key(1), &mut 0),
             Resolved::Same(0)
@@ -231,14 +218,10 @@ mod tests {
 
     #[test]
     fn mirror_primary_is_the_first_active_downstream() {
-        let set1 = BackendSet::new(
-            Distribution::Mirror,
-            vec![ep(1), ep(2), ep(3)],
-            DEFAULT_TABLE_SIZE,
-        );
+        let set1 = set(Distribution::Mirror, &[1, 2, 3]);
         let mut b = bind_new(&set1, 1, &key(1), &mut 0).unwrap();
         assert_eq!(b.downstream.port(), 1);
-        let set2 = BackendSet::new(Distribution::Mirror, vec![ep(2), ep(3)], DEFAULT_TABLE_SIZE);
+        let set2 = set(Distribution::Mirror, &[2, 3]);
         assert_eq!(
             resolve(&set2, 2, &mut b, &key(1), &mut 0),
             Resolved::Repinned {

@@ -10,20 +10,24 @@
 //!
 //! The downstreams the tests forward to are `fanout_testkit` sinks ([`sinks`], [`echo_sinks`],
 //! [`recording_sinks`]), one port each so that each is counted apart, and the usual
-//! one-listener config is written by [`one_listener`]: the setup every test file shares is
-//! here once, and a test reads as what it sends and checks.
+//! one-listener config is written by [`one_listener`]. Traffic is the testkit generator's
+//! ([`traffic`], [`generate`]), or one request at a time from a [`client`] ([`ask`]); where it
+//! landed is [`landed`]. The setup every test file shares is here once, and a test reads as
+//! what it sends and checks.
 #![allow(dead_code)]
 
 pub mod netns;
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fanout_testkit::daemon;
 use fanout_testkit::netns::NsPath;
-use fanout_testkit::{Sink, SinkHandle, SinkOptions};
+use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 
 pub use fanout_testkit::prom::Scrape;
 
@@ -83,6 +87,70 @@ pub fn wait_total(sinks: &[SinkHandle], n: u64) {
         eventually(WAIT, || total(sinks) == n),
         "sinks got {} of {n}",
         total(sinks)
+    );
+}
+
+/// Where each client of the generator run `run` landed: for each flow id the generator wrote in
+/// its payloads, the indices of the sinks that saw it (the sinks see udp-fanout as the source,
+/// so the payload is what tells the clients apart). Fails the test if the sinks saw datagrams
+/// of another stream.
+pub fn landed(sinks: &[SinkHandle], run: &GenReport) -> BTreeMap<u32, Vec<usize>> {
+    let mut at: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, s) in sinks.iter().enumerate() {
+        for port in &s.snapshot().ports {
+            for f in &port.flows {
+                assert_eq!(f.stream, run.stream_id, "a datagram of another run");
+                at.entry(f.flow).or_default().push(i);
+            }
+        }
+    }
+    at
+}
+
+/// `count` datagrams to `target` from `flows` clients (source ports), cycling `sizes`, at
+/// `rate` a second; a test sets anything else on what this returns.
+pub fn traffic(
+    target: SocketAddr,
+    count: u64,
+    flows: u32,
+    sizes: &[usize],
+    rate: u64,
+) -> GenConfig {
+    let mut g = GenConfig::new(target);
+    g.count = Some(count);
+    g.flows = flows;
+    g.sizes = sizes.to_vec();
+    g.rate_pps = rate;
+    g
+}
+
+/// Runs the generator on `g` to the end (nothing stops it early).
+pub fn generate(g: &GenConfig) -> GenReport {
+    generator::run(g, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("generator: {e}"))
+}
+
+/// A client socket on loopback that waits up to [`WAIT`] for an answer.
+pub fn client() -> UdpSocket {
+    let c = UdpSocket::bind("127.0.0.1:0").expect("binding a client socket");
+    c.set_read_timeout(Some(WAIT))
+        .expect("setting the read timeout");
+    c
+}
+
+/// Sends `what` from `c` to `to` and checks that the answer is `what` again and comes from
+/// `to`, the address the client wrote to (a client expects its answers from there).
+pub fn ask(c: &UdpSocket, to: SocketAddr, what: &[u8]) {
+    c.send_to(what, to)
+        .unwrap_or_else(|e| panic!("sending to {to}: {e}"));
+    // One byte more than expected, so that a longer answer shows.
+    let mut buf = vec![0u8; what.len() + 1];
+    let (n, from) = c
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer from {to}: {e}"));
+    assert_eq!(
+        (&buf[..n], from),
+        (what, to),
+        "the answer and where it came from"
     );
 }
 
