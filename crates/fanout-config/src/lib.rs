@@ -16,7 +16,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Config, DataplaneConfig, DownstreamConfig, Fallback, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
+    AdminConfig, Config, DEFAULT_ADMIN_BIND, DEFAULT_DRAIN, DataplaneConfig, DownstreamConfig,
+    Fallback, HealthConfig, HealthProtocol, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
     MetricsConfig, Mode, SessionConfig, kernel_limits,
 };
 

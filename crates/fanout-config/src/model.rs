@@ -6,6 +6,7 @@
 //! as [`MAX_WEIGHT`] and [`kernel_limits`]) are defined here, beside the fields they bound.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use fanout_core::select::{DEFAULT_TABLE_SIZE, Distribution, Endpoint};
@@ -22,7 +23,73 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Tuning of the userspace data plane.
     pub dataplane: DataplaneConfig,
+    /// The admin HTTP API (`admin:`); `None`: no API.
+    pub admin: Option<AdminConfig>,
 }
+
+/// The admin HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens (`admin.bind`, default 127.0.0.1:9091).
+    pub bind: SocketAddr,
+    /// A file holding the bearer token every request must carry (`admin.token_file`).
+    /// Required for a bind other than loopback.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin API's default address.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9091";
+
+/// How a downstream is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthProtocol {
+    /// A UDP datagram to the downstream (or `port`); any reply, or one starting with `expect`,
+    /// passes; a timeout or an ICMP port-unreachable fails.
+    #[default]
+    Udp,
+    /// ICMP echo (ping sockets without root where allowed, raw sockets with root).
+    Icmp,
+}
+
+/// Active health checks of a listener's downstreams (`health:`, top level as the default,
+/// a listener's own overriding it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Probe kind.
+    pub protocol: HealthProtocol,
+    /// Time between two probes of one downstream.
+    pub interval: Duration,
+    /// How long a probe waits for its answer.
+    pub timeout: Duration,
+    /// Consecutive failures that make a downstream unhealthy.
+    pub fall: u32,
+    /// Consecutive successes that make it healthy again.
+    pub rise: u32,
+    /// UDP: the probe's payload.
+    pub send: Vec<u8>,
+    /// UDP: a reply must start with this; `None`: any reply passes.
+    pub expect: Option<Vec<u8>>,
+    /// UDP: probe this port instead of the downstream's.
+    pub port: Option<u16>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            protocol: HealthProtocol::Udp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            fall: 3,
+            rise: 2,
+            send: b"ping".to_vec(),
+            expect: None,
+            port: None,
+        }
+    }
+}
+
+/// How long a removed or drained downstream keeps its sessions, by default (`drain_secs`).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
 /// Which data plane serves a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -95,6 +162,15 @@ pub struct ListenerConfig {
     pub downstreams: Vec<DownstreamConfig>,
     /// Client sessions (sticky choice, reply path); `None` = each datagram on its own.
     pub session: Option<SessionConfig>,
+    /// A file of further downstreams (`downstreams_file:`), read at start and on every
+    /// reload, watched for changes.
+    pub downstreams_file: Option<PathBuf>,
+    /// How long a downstream that leaves the set, or is drained, keeps its sessions
+    /// (`drain_secs`; zero: they re-pin at once).
+    pub drain: Duration,
+    /// Health checks of the downstreams: the listener's `health:`, else the top-level one;
+    /// `None` when disabled.
+    pub health: Option<HealthConfig>,
 }
 
 /// Largest `max_sessions`.

@@ -63,6 +63,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             listeners,
             metrics: metrics.unwrap_or_default(),
             dataplane: dataplane.unwrap_or_default(),
+            admin: None,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -131,6 +132,10 @@ fn listener(
         downstreams,
         session,
         fallback,
+        // Read by the next change: these keys are not parsed yet.
+        downstreams_file: None,
+        drain: crate::model::DEFAULT_DRAIN,
+        health: None,
     })
 }
 
