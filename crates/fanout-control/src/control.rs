@@ -1,18 +1,28 @@
-//! The owner of desired state: holds [`Desired`], pushes it to the planes, and answers for
-//! all planes at once (the merged metrics snapshot).
+//! The owner of desired state: holds [`Desired`], takes every change to it (config, file,
+//! admin API, health), pushes what results to the planes, and answers for all planes at once
+//! (the merged metrics snapshot).
 //!
-//! Every runtime change of a listener's downstreams goes through [`Control::set_endpoints`],
-//! which is all-or-nothing across planes: a listener in `xdp`/`tc_ebpf` mode is served by the
-//! kernel plane and by the userspace plane (its slow path), and if one refuses the new set
-//! (the kernel maps have fixed sizes) the planes already updated are put back, so the two
-//! never disagree. The lock is the control plane's own; no data-plane thread ever takes it.
+//! Every change ends in [`Control::sync`], which recomputes each listener's set and pushes
+//! only those that differ from what the planes have, all-or-nothing across planes: a
+//! listener in `xdp`/`tc_ebpf` mode is served by the kernel plane and by the userspace plane
+//! (its slow path), and if one refuses the new set (the kernel maps have fixed sizes) the
+//! planes already updated are put back, so the two never disagree.
+//!
+//! Two locks, neither ever taken by a data-plane thread: `state` serializes changes (held
+//! while a set is pushed, which for a kernel Maglev table takes milliseconds), and `view`,
+//! a copy of what scrapes need (health per downstream, fail-open flags), refreshed at the end
+//! of each sync, so a scrape never waits for a push.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
+use fanout_config::{Config, DownstreamConfig};
 use fanout_core::select::Endpoint;
 use fanout_core::{ListenerSnapshot, merge_snapshots};
 
-use crate::desired::{Desired, Source};
+use crate::desired::{AdminState, ChangeError, Desired, Health};
 use crate::metrics::SnapshotSource;
 use crate::planes::{Plane, PlaneError};
 
@@ -21,6 +31,8 @@ use crate::planes::{Plane, PlaneError};
 pub enum ControlError {
     /// No listener of that name.
     UnknownListener(String),
+    /// The desired state refused it (no such downstream, already there).
+    Change(ChangeError),
     /// A plane refused the new set.
     Plane {
         /// `userspace` or `kernel`.
@@ -34,6 +46,7 @@ impl std::fmt::Display for ControlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ControlError::UnknownListener(n) => write!(f, "no listener named {n:?}"),
+            ControlError::Change(e) => e.fmt(f),
             ControlError::Plane { plane, error } => write!(f, "{plane} plane: {error}"),
         }
     }
@@ -41,10 +54,31 @@ impl std::fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+impl From<ChangeError> for ControlError {
+    fn from(e: ChangeError) -> Self {
+        ControlError::Change(e)
+    }
+}
+
+struct State {
+    desired: Desired,
+    /// What each plane serves now, per listener.
+    pushed: HashMap<String, Vec<Endpoint>>,
+}
+
+/// What scrapes read: refreshed by every sync.
+#[derive(Default)]
+struct View {
+    health: HashMap<(String, SocketAddr), Health>,
+    panic: HashMap<String, bool>,
+}
+
 /// The control plane's state and the planes it drives.
 pub struct Control {
-    desired: Mutex<Desired>,
+    state: Mutex<State>,
+    view: Mutex<View>,
     planes: Vec<Arc<dyn Plane>>,
+    origin: Instant,
 }
 
 impl std::fmt::Debug for Control {
@@ -54,41 +88,188 @@ impl std::fmt::Debug for Control {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Control {
-    /// Takes charge of `planes`, which were started on the config `desired` came from (so they
-    /// already serve it).
-    pub fn new(desired: Desired, planes: Vec<Arc<dyn Plane>>) -> Control {
+    /// Takes charge of `planes`, which were started on `cfg` (so they serve its static
+    /// downstreams already).
+    pub fn new(cfg: &Config, planes: Vec<Arc<dyn Plane>>) -> Control {
+        let pushed = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.endpoints()))
+            .collect();
         Control {
-            desired: Mutex::new(desired),
+            state: Mutex::new(State {
+                desired: Desired::from_config(cfg),
+                pushed,
+            }),
+            view: Mutex::new(View::default()),
             planes,
+            origin: Instant::now(),
         }
+    }
+
+    /// Milliseconds since this control plane started: the clock of [`Desired`].
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// A copy of the desired state.
     pub fn desired(&self) -> Desired {
-        self.desired
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.state).desired.clone()
     }
 
-    /// Replaces listener `name`'s downstreams in every plane serving it, or in none.
-    pub fn set_endpoints(&self, name: &str, endpoints: Vec<Endpoint>) -> Result<(), ControlError> {
-        let mut desired = self.desired.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = desired
-            .listener(name)
-            .ok_or_else(|| ControlError::UnknownListener(name.to_owned()))?
-            .endpoints
-            .clone();
+    /// Applies `f` to listener `name`'s desired state, then syncs.
+    fn change(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut crate::desired::ListenerState, u64) -> Result<(), ChangeError>,
+    ) -> Result<(), ControlError> {
+        let now = self.now();
+        let mut st = lock(&self.state);
+        let l = st
+            .desired
+            .listener_mut(name)
+            .ok_or_else(|| ControlError::UnknownListener(name.to_owned()))?;
+        f(l, now)?;
+        self.sync_locked(&mut st, now)
+    }
+
+    /// Replaces listener `name`'s `downstreams_file` entries.
+    pub fn set_file(&self, name: &str, list: Vec<DownstreamConfig>) -> Result<(), ControlError> {
+        self.change(name, |l, now| {
+            l.set_file(list, now);
+            Ok(())
+        })
+    }
+
+    /// The admin API adds a downstream.
+    pub fn api_add(&self, name: &str, addr: SocketAddr, weight: u32) -> Result<(), ControlError> {
+        self.change(name, |l, now| l.api_add(addr, weight, now))
+    }
+
+    /// The admin API removes a downstream (drained, or at once).
+    pub fn api_remove(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        at_once: bool,
+    ) -> Result<(), ControlError> {
+        self.change(name, |l, now| l.api_remove(addr, at_once, now))
+    }
+
+    /// The admin API sets a downstream's weight and/or state.
+    pub fn api_patch(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        weight: Option<u32>,
+        state: Option<AdminState>,
+    ) -> Result<(), ControlError> {
+        self.change(name, |l, now| l.api_patch(addr, weight, state, now))
+    }
+
+    /// The health checks' verdict on a downstream.
+    pub fn set_health(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        health: Health,
+    ) -> Result<(), ControlError> {
+        self.change(name, |l, _| {
+            l.set_health(addr, health);
+            Ok(())
+        })
+    }
+
+    /// A reloaded config's desired part: static lists and drain times of the listeners that
+    /// stay, new listeners, removed ones forgotten. The caller has already made the planes
+    /// serve exactly `cfg`'s listeners.
+    pub fn apply_config(&self, cfg: &Config) -> Result<(), ControlError> {
+        let now = self.now();
+        let mut st = lock(&self.state);
+        st.desired.apply_config(cfg, now);
+        let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
+        st.pushed.retain(|n, _| names.contains(&n.as_str()));
+        for l in &cfg.listeners {
+            // A new or re-created listener's planes start on its static list.
+            st.pushed
+                .entry(l.name.clone())
+                .or_insert_with(|| l.endpoints());
+        }
+        self.sync_locked(&mut st, now)
+    }
+
+    /// Forgets what was pushed to listener `name`, so the next sync pushes it again (the
+    /// listener was re-created and its planes start on its static list).
+    pub fn mark_recreated(&self, name: &str, endpoints: Vec<Endpoint>) {
+        lock(&self.state).pushed.insert(name.to_owned(), endpoints);
+    }
+
+    /// Recomputes every listener's set at the current time and pushes those that changed;
+    /// returns when the next change falls due by itself (a drain ending), in ms from now.
+    pub fn sync(&self) -> Result<Option<u64>, ControlError> {
+        let now = self.now();
+        let mut st = lock(&self.state);
+        self.sync_locked(&mut st, now)?;
+        Ok(next_change(&st.desired, now).map(|t| t.saturating_sub(now)))
+    }
+
+    fn sync_locked(&self, st: &mut State, now: u64) -> Result<(), ControlError> {
+        let mut first_err = None;
+        let names: Vec<String> = st
+            .desired
+            .listeners()
+            .iter()
+            .map(|l| l.name().to_owned())
+            .collect();
+        let mut view = View::default();
+        for name in names {
+            let Some(l) = st.desired.listener_mut(&name) else {
+                continue;
+            };
+            l.expire(now);
+            let c = l.endpoints(now);
+            for d in l.downstreams() {
+                view.health.insert((name.clone(), d.addr), d.health);
+            }
+            view.panic.insert(name.clone(), c.panic);
+            let old = st.pushed.get(&name).cloned().unwrap_or_default();
+            if old == c.endpoints {
+                continue;
+            }
+            match self.push(&name, &c.endpoints, &old) {
+                Ok(()) => {
+                    if c.panic {
+                        tracing::warn!(listener = %name, "no healthy downstream: serving all active ones (fail open)");
+                    }
+                    st.pushed.insert(name, c.endpoints);
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "cannot apply the new downstream set");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        *lock(&self.view) = view;
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Pushes `new` to every plane serving `name`, or, if one refuses, `old` back to those
+    /// already updated.
+    fn push(&self, name: &str, new: &[Endpoint], old: &[Endpoint]) -> Result<(), ControlError> {
         let serving: Vec<&Arc<dyn Plane>> = self
             .planes
             .iter()
             .filter(|p| p.listener_names().iter().any(|n| n == name))
             .collect();
         for (i, p) in serving.iter().enumerate() {
-            if let Err(error) = p.set_endpoints(name, endpoints.clone()) {
+            if let Err(error) = p.set_endpoints(name, new.to_vec()) {
                 for done in &serving[..i] {
-                    if let Err(e) = done.set_endpoints(name, old.clone()) {
+                    if let Err(e) = done.set_endpoints(name, old.to_vec()) {
                         tracing::error!(listener = name, plane = done.kind(), error = %e, "cannot restore the previous downstreams");
                     }
                 }
@@ -98,14 +279,29 @@ impl Control {
                 });
             }
         }
-        desired.set(name, Source::Runtime, endpoints);
         Ok(())
     }
 
     /// Every listener's counters, summed over the planes (a kernel-plane listener's fast path
-    /// and slow path are one listener to its users).
+    /// and slow path are one listener to its users), with each downstream's health.
     pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
-        merge_snapshots(self.planes.iter().flat_map(|p| p.snapshot()))
+        let mut snaps = merge_snapshots(self.planes.iter().flat_map(|p| p.snapshot()));
+        let view = lock(&self.view);
+        for s in &mut snaps {
+            for d in &mut s.downstreams {
+                d.healthy = match view.health.get(&(s.name.clone(), d.addr)) {
+                    Some(Health::Healthy) => Some(true),
+                    Some(Health::Unhealthy) => Some(false),
+                    _ => d.healthy,
+                };
+            }
+        }
+        snaps
+    }
+
+    /// Whether listener `name` serves all active downstreams because none is healthy.
+    pub fn panicking(&self, name: &str) -> bool {
+        lock(&self.view).panic.get(name).copied().unwrap_or(false)
     }
 
     /// [`snapshot`](Self::snapshot) as the metrics exporter's source.
@@ -115,128 +311,12 @@ impl Control {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::SocketAddr;
-
-    /// A plane that records what it was given and can be told to refuse.
-    struct Fake {
-        kind: &'static str,
-        names: Vec<String>,
-        refuse: bool,
-        sets: Mutex<Vec<(String, Vec<SocketAddr>)>>,
-    }
-
-    impl Fake {
-        fn new(kind: &'static str, names: &[&str], refuse: bool) -> Arc<Fake> {
-            Arc::new(Fake {
-                kind,
-                names: names.iter().map(|n| n.to_string()).collect(),
-                refuse,
-                sets: Mutex::new(Vec::new()),
-            })
-        }
-
-        fn sets(&self) -> Vec<(String, Vec<SocketAddr>)> {
-            self.sets.lock().unwrap().clone()
-        }
-    }
-
-    impl Plane for Fake {
-        fn kind(&self) -> &'static str {
-            self.kind
-        }
-        fn listener_names(&self) -> Vec<String> {
-            self.names.clone()
-        }
-        fn set_endpoints(&self, name: &str, e: Vec<Endpoint>) -> Result<(), PlaneError> {
-            if self.refuse {
-                return Err(PlaneError("map full".into()));
-            }
-            let addrs = e.iter().map(|e| e.addr).collect();
-            self.sets.lock().unwrap().push((name.to_owned(), addrs));
-            Ok(())
-        }
-        fn snapshot(&self) -> Vec<ListenerSnapshot> {
-            self.names
-                .iter()
-                .map(|n| ListenerSnapshot {
-                    name: n.clone(),
-                    received: 10,
-                    ..ListenerSnapshot::default()
-                })
-                .collect()
-        }
-    }
-
-    fn desired() -> Desired {
-        let yaml = "listeners:\n\
-                    - {name: a, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:7001']}\n\
-                    - {name: k, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:7002']}\n";
-        Desired::from_config(&fanout_config::from_yaml(yaml).unwrap())
-    }
-
-    fn ep(port: u16) -> Endpoint {
-        Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-
-    #[test]
-    fn a_new_set_reaches_every_plane_serving_the_listener() {
-        let (user, kern) = (
-            Fake::new("userspace", &["a", "k"], false),
-            Fake::new("kernel", &["k"], false),
-        );
-        let c = Control::new(desired(), vec![user.clone(), kern.clone()]);
-        assert_eq!(c.desired().listener("k").unwrap().source, Source::Static);
-        c.set_endpoints("k", vec![ep(9001), ep(9002)]).unwrap();
-        let want = vec![("k".to_owned(), vec![ep(9001).addr, ep(9002).addr])];
-        assert_eq!(user.sets(), want);
-        assert_eq!(kern.sets(), want);
-        let d = c.desired();
-        assert_eq!(d.listener("k").unwrap().endpoints, vec![ep(9001), ep(9002)]);
-        assert_eq!(d.listener("k").unwrap().source, Source::Runtime);
-        // Only the planes serving "a" hear about it.
-        c.set_endpoints("a", vec![ep(9003)]).unwrap();
-        assert_eq!(kern.sets().len(), 1);
-        assert_eq!(user.sets().len(), 2);
-    }
-
-    #[test]
-    fn a_refused_set_changes_nothing_anywhere() {
-        let (user, kern) = (
-            Fake::new("userspace", &["k"], false),
-            Fake::new("kernel", &["k"], true),
-        );
-        let c = Control::new(desired(), vec![user.clone(), kern.clone()]);
-        let before = c.desired();
-        let e = c.set_endpoints("k", vec![ep(9001)]).unwrap_err();
-        assert_eq!(e.to_string(), "kernel plane: map full");
-        // The userspace plane got the new set, then the old one back.
-        assert_eq!(
-            user.sets(),
-            vec![
-                ("k".to_owned(), vec![ep(9001).addr]),
-                ("k".to_owned(), vec![ep(7002).addr]),
-            ]
-        );
-        assert_eq!(c.desired(), before);
-        assert_eq!(
-            c.set_endpoints("nope", vec![]),
-            Err(ControlError::UnknownListener("nope".into()))
-        );
-    }
-
-    #[test]
-    fn counters_of_both_planes_add_up_per_listener() {
-        let (user, kern) = (
-            Fake::new("userspace", &["a", "k"], false),
-            Fake::new("kernel", &["k"], false),
-        );
-        let c = Arc::new(Control::new(desired(), vec![user, kern]));
-        let snap = (c.snapshot_source())();
-        let by_name: Vec<(String, u64)> =
-            snap.iter().map(|s| (s.name.clone(), s.received)).collect();
-        assert_eq!(by_name, vec![("a".to_owned(), 10), ("k".to_owned(), 20)]);
-    }
+fn next_change(d: &Desired, now: u64) -> Option<u64> {
+    d.listeners()
+        .iter()
+        .filter_map(|l| l.endpoints(now).next_change)
+        .min()
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,6 +23,6 @@ pub mod metrics;
 pub mod planes;
 
 pub use control::{Control, ControlError};
-pub use desired::{Desired, DesiredListener, Source};
+pub use desired::{AdminState, Desired, DownstreamInfo, Health, ListenerState, Source};
 pub use metrics::{Exporter, SnapshotSource};
 pub use planes::{Plane, PlaneError};

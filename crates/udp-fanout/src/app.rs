@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use fanout_config::{Config, Fallback, ListenerConfig, Mode};
-use fanout_control::{Control, Desired, Exporter, Plane, http};
+use fanout_control::{Control, Exporter, Plane, http};
 use fanout_kernel::plane::KernelPlane;
 use fanout_userspace::UserspacePlane;
 use tokio::sync::oneshot;
@@ -65,7 +65,7 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         planes.push(Arc::clone(k) as Arc<dyn Plane>);
     }
     planes.push(Arc::clone(&plane) as Arc<dyn Plane>);
-    let control = Arc::new(Control::new(Desired::from_config(&cfg), planes));
+    let control = Arc::new(Control::new(&cfg, planes));
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

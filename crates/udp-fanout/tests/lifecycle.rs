@@ -1,7 +1,6 @@
 //! Session lifecycle when the downstream set changes at run time, driven through the control
-//! plane's `Control::set_endpoints` (the call a reload or the admin API will make): sessions
-//! on a removed downstream are re-pinned on their next datagram, draining downstreams keep
-//! their sessions and get no new ones.
+//! plane (the calls the admin API makes): sessions on a removed downstream are re-pinned on
+//! their next datagram, draining downstreams keep their sessions and get no new ones.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
@@ -12,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{addresses, ask, client, echo_sinks, eventually, one_listener};
-use fanout_control::{Control, Desired, Plane, Source};
-use fanout_core::select::{Endpoint, EndpointState};
+use fanout_control::{AdminState, Control, Plane};
 use fanout_testkit::SinkHandle;
 use fanout_userspace::{ListenerShared, UserspacePlane};
 
@@ -41,10 +39,7 @@ impl Rig {
         .unwrap();
         let [a, b]: [SinkHandle; 2] = s.try_into().unwrap();
         let plane = Arc::new(UserspacePlane::start(&cfg).unwrap());
-        let control = Control::new(
-            Desired::from_config(&cfg),
-            vec![Arc::clone(&plane) as Arc<dyn Plane>],
-        );
+        let control = Control::new(&cfg, vec![Arc::clone(&plane) as Arc<dyn Plane>]);
         let l = Arc::clone(plane.listener("l").unwrap());
         let to = l.local_addr();
         Rig {
@@ -84,12 +79,12 @@ impl Rig {
         }
     }
 
-    /// Replaces listener `l`'s downstreams through the control plane, which records them.
-    fn set(&self, endpoints: Vec<Endpoint>) {
-        self.control.set_endpoints("l", endpoints.clone()).unwrap();
+    /// Removes `addr` from listener `l` at once (no drain), as `DELETE ...?now=true` does.
+    fn remove(&self, addr: SocketAddr) {
+        self.control.api_remove("l", addr, true).unwrap();
         let d = self.control.desired();
         let l = d.listener("l").unwrap();
-        assert_eq!((l.source, &l.endpoints), (Source::Runtime, &endpoints));
+        assert!(!l.downstreams().iter().any(|x| x.addr == addr));
     }
 
     /// Stops the control plane, then the plane.
@@ -106,7 +101,7 @@ fn sessions_on_a_removed_downstream_are_repinned() {
     let (first, other) = r.open_session(&c, b"one");
     assert_eq!(first.total_datagrams(), 1);
     // Remove the session's downstream.
-    r.set(vec![Endpoint::new(other.local_addrs()[0])]);
+    r.remove(first.local_addrs()[0]);
     r.ask(&c, b"two");
     r.settle(2);
     assert_eq!(
@@ -131,9 +126,15 @@ fn draining_downstreams_keep_sessions_and_get_no_new_ones() {
     let r = Rig::start();
     let c1 = client();
     let (first, other) = r.open_session(&c1, b"x");
-    let mut e1 = Endpoint::new(first.local_addrs()[0]);
-    e1.state = EndpointState::Draining;
-    r.set(vec![e1, Endpoint::new(other.local_addrs()[0])]);
+    // Drained for the listener's drain time (30 s by default, longer than this test).
+    r.control
+        .api_patch(
+            "l",
+            first.local_addrs()[0],
+            None,
+            Some(AdminState::Draining),
+        )
+        .unwrap();
     for _ in 0..5 {
         r.ask(&c1, b"x");
     }
@@ -157,14 +158,15 @@ fn emptied_set_drops_with_no_downstream_then_recovers() {
     let r = Rig::start();
     let c = client();
     r.ask(&c, b"x");
-    r.set(vec![]);
+    r.remove(r.a.local_addrs()[0]);
+    r.remove(r.b.local_addrs()[0]);
     c.send_to(b"lost", r.to).unwrap();
     let no_downstream = || r.l.snapshot().dropped[fanout_core::DropReason::NoDownstream.index()];
     assert!(
         eventually(Duration::from_secs(5), || no_downstream() > 0),
         "drop not counted"
     );
-    r.set(vec![Endpoint::new(r.b.local_addrs()[0])]);
+    r.control.api_add("l", r.b.local_addrs()[0], 1).unwrap();
     r.ask(&c, b"back");
     let s = r.l.snapshot();
     assert_eq!(s.received, 3);
