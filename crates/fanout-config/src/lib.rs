@@ -6,14 +6,22 @@
 //! [`Config`] the rest of the program uses. Both steps report errors as
 //! `key.path[i]: reason`, and everything is checked before any socket is bound, so a bad file
 //! never half-starts the daemon.
+//!
+//! Two more pieces serve reloads: [`downstreams_file`] parses a listener's file of
+//! downstreams (`FILE:LINE: reason` errors), and [`diff()`] says what changed between the
+//! running config and a new one, listener by listener.
 #![forbid(unsafe_code)]
 
 mod bytes;
+mod diff;
+pub mod downstreams_file;
 mod error;
 mod model;
 mod raw;
 mod validate;
 
+pub use diff::{ConfigDiff, diff};
+pub use downstreams_file::FileError;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, Config, DEFAULT_ADMIN_BIND, DEFAULT_DRAIN, DataplaneConfig, DownstreamConfig,
@@ -24,7 +32,7 @@ pub use model::{
 /// Parses and validates a configuration from YAML text.
 pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
     let raw = raw::parse(text)?;
-    validate::validate(raw)
+    validate::validate(raw, None)
 }
 
 /// Reads, parses and validates the configuration file at `path`.
@@ -35,5 +43,6 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
             format!("cannot read {}: {e}", path.display()),
         ))
     })?;
-    from_yaml(&text)
+    let raw = raw::parse(&text)?;
+    validate::validate(raw, path.parent())
 }

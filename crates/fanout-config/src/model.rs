@@ -163,13 +163,15 @@ pub struct ListenerConfig {
     /// Client sessions (sticky choice, reply path); `None` = each datagram on its own.
     pub session: Option<SessionConfig>,
     /// A file of further downstreams (`downstreams_file:`), read at start and on every
-    /// reload, watched for changes.
+    /// reload, watched for changes. A relative path is resolved against the config file's
+    /// directory by [`crate::load`] and kept as written by [`crate::from_yaml`]. With it,
+    /// `downstreams` may be empty.
     pub downstreams_file: Option<PathBuf>,
     /// How long a downstream that leaves the set, or is drained, keeps its sessions
     /// (`drain_secs`; zero: they re-pin at once).
     pub drain: Duration,
-    /// Health checks of the downstreams: the listener's `health:`, else the top-level one;
-    /// `None` when disabled.
+    /// Health checks of the downstreams: the listener's `health:` merged key by key over the
+    /// top-level one (then the defaults); `None` when disabled or neither section is present.
     pub health: Option<HealthConfig>,
 }
 

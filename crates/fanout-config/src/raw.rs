@@ -19,6 +19,8 @@ pub(crate) struct RawConfig {
     pub listeners: Option<Vec<RawListener>>,
     pub metrics: Option<RawMetrics>,
     pub dataplane: Option<RawDataplane>,
+    pub admin: Option<RawAdmin>,
+    pub health: Option<RawHealth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +34,42 @@ pub(crate) struct RawListener {
     pub distribution: Option<RawDistribution>,
     pub downstreams: Option<Vec<RawDownstream>>,
     pub session: Option<RawSession>,
+    pub downstreams_file: Option<String>,
+    pub drain_secs: Option<i64>,
+    pub health: Option<RawHealth>,
+}
+
+/// `admin: { bind, token_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub bind: Option<Scalar>,
+    pub token_file: Option<String>,
+}
+
+/// A `health:` section, top level or a listener's. Every key is optional so that a listener's
+/// section can be merged over the top-level one key by key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub enabled: Option<bool>,
+    pub protocol: Option<RawHealthProtocol>,
+    pub interval_secs: Option<i64>,
+    pub interval_ms: Option<i64>,
+    pub timeout_secs: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub fall: Option<i64>,
+    pub rise: Option<i64>,
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    pub port: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawHealthProtocol {
+    Udp,
+    Icmp,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,21 +2,37 @@
 //!
 //! Validation does not stop at the first problem: every check adds to one error list and goes
 //! on with what it could read, so a user fixes a file in one pass. A listener's checks run in
-//! key order (name, bind, downstreams, session, then the rules of its plane), which keeps the
-//! errors in file order; the rules that compare listeners with each other (unique names and
+//! key order (name, bind, downstreams_file, downstreams, session, drain_secs, health, then the
+//! rules of its plane), which keeps the errors in file order; the rules that compare listeners with each other (unique names and
 //! binds, the kernel plane's listener count) share what earlier listeners claimed.
+//!
+//! A listener needs at least one downstream in `downstreams:` unless it names a
+//! `downstreams_file`; then the static list may be empty or absent. The file is not read here
+//! (the control plane reads it at start and on every reload), so the rules on the size of a
+//! set (the kernel plane's [`crate::kernel_limits`]) are checked here on the static list only and
+//! apply to the union of all sources at run time. Relative paths (`downstreams_file`,
+//! `admin.token_file`) are resolved against the config file's directory when the file is
+//! loaded with [`crate::load`], and kept as written by [`crate::from_yaml`].
+//!
+//! `health:` has its rules and its merging (a listener's section over the top-level one, key
+//! by key) in [`health`]; `admin:` and the rules between endpoint addresses in [`admin`].
+
+mod admin;
+mod health;
+mod planes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fanout_core::select::Distribution;
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
-    Config, DataplaneConfig, DownstreamConfig, Fallback, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
-    MetricsConfig, Mode, SessionConfig, kernel_limits,
+    Config, DEFAULT_DRAIN, DataplaneConfig, DownstreamConfig, Fallback, ListenerConfig,
+    MAX_SESSIONS, MAX_WEIGHT, MetricsConfig, Mode, SessionConfig,
 };
 use crate::raw::{
     RawConfig, RawDataplane, RawDistribution, RawDownstream, RawFallback, RawListener, RawMetrics,
@@ -31,10 +47,39 @@ impl Errors {
     fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(ConfigError::new(path, reason));
     }
+
+    /// Adds the error unless the same one is there already (a rule that several listeners
+    /// inherit from one section is reported once).
+    fn add_once(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        let e = ConfigError::new(path, reason);
+        if !self.0.contains(&e) {
+            self.0.push(e);
+        }
+    }
 }
 
-pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+/// Largest `drain_secs`: an hour.
+const MAX_DRAIN_SECS: i64 = 3_600;
+
+/// What every listener's checks share besides the error list.
+struct Ctx<'a> {
+    /// What earlier listeners claimed.
+    seen: Seen,
+    /// The directory relative paths are resolved against (`None`: kept as written).
+    base: Option<&'a Path>,
+    /// The top-level `health:`, for the listeners to inherit.
+    health: health::Top,
+}
+
+/// Checks `raw`; `base` is the directory relative paths are resolved against (the config
+/// file's), `None` to keep them as written.
+pub(crate) fn validate(raw: RawConfig, base: Option<&Path>) -> Result<Config, ConfigErrors> {
     let mut errs = Errors::default();
+    let mut ctx = Ctx {
+        seen: Seen::default(),
+        base,
+        health: health::top(raw.health.as_ref(), &mut errs),
+    };
     let listeners = match raw.listeners {
         None => {
             errs.add("listeners", "required: list at least one listener");
@@ -44,26 +89,22 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             errs.add("listeners", "list at least one listener");
             Vec::new()
         }
-        Some(ls) => listeners(ls, &mut errs),
+        Some(ls) => ls
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, l)| listener(i, l, &mut ctx, &mut errs))
+            .collect(),
     };
     let metrics = metrics(raw.metrics, &mut errs);
     let dataplane = dataplane(raw.dataplane, &mut errs);
-    if let Some(m) = metrics.as_ref().filter(|m| m.enabled) {
-        for (i, l) in listeners.iter().enumerate() {
-            if l.bind == m.bind && m.bind.port() != 0 {
-                errs.add(
-                    format!("listeners[{i}].bind"),
-                    format!("{} is also metrics.bind", l.bind),
-                );
-            }
-        }
-    }
+    let admin = admin::admin(raw.admin, base, &mut errs);
+    admin::clashes(admin.as_ref(), metrics.as_ref(), &listeners, &mut errs);
     if errs.0.is_empty() {
         Ok(Config {
             listeners,
             metrics: metrics.unwrap_or_default(),
             dataplane: dataplane.unwrap_or_default(),
-            admin: None,
+            admin,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -81,36 +122,45 @@ struct Seen {
     kernel_listeners: usize,
 }
 
-fn listeners(raw: Vec<RawListener>, errs: &mut Errors) -> Vec<ListenerConfig> {
-    let mut seen = Seen::default();
-    raw.into_iter()
-        .enumerate()
-        .filter_map(|(i, l)| listener(i, l, &mut seen, errs))
-        .collect()
-}
-
 /// Checks `listeners[i]`; `None` when its name or bind is unusable (the errors say why).
 /// The checks run in key order, so errors come out in the order of the file.
 fn listener(
     i: usize,
     l: RawListener,
-    seen: &mut Seen,
+    ctx: &mut Ctx<'_>,
     errs: &mut Errors,
 ) -> Option<ListenerConfig> {
+    let seen = &mut ctx.seen;
     let p = format!("listeners[{i}]");
     let name = listener_name(l.name, &p, i, &mut seen.names, errs);
     let bind = listener_bind(l.bind.as_ref(), &p, i, &mut seen.binds, errs);
     let mode = mode(l.mode);
     let distribution = distribution(l.distribution);
-    let downstreams = downstreams(l.downstreams, &p, bind, errs);
+    let downstreams_file = path_key(
+        l.downstreams_file.as_deref(),
+        &format!("{p}.downstreams_file"),
+        ctx.base,
+        errs,
+    );
+    let has_file = l.downstreams_file.is_some();
+    let downstreams = downstreams(l.downstreams, &p, bind, has_file, errs);
     let session = l.session.and_then(|s| session(s, &p, errs));
+    let drain = within(
+        l.drain_secs,
+        0..=MAX_DRAIN_SECS,
+        format!("{p}.drain_secs"),
+        " (0: sessions re-pin at once)",
+        errs,
+    )
+    .map_or(DEFAULT_DRAIN, |s| Duration::from_secs(s as u64));
+    let health = health::listener(l.health.as_ref(), &p, &ctx.health, errs);
     let fallback = fallback(l.fallback);
     if mode == Mode::Userspace {
-        userspace_rules(&p, l.fallback.is_some(), errs);
+        planes::userspace_rules(&p, l.fallback.is_some(), errs);
     } else {
         seen.kernel_listeners += 1;
-        kernel_rules(
-            &KernelListener {
+        planes::kernel_rules(
+            &planes::KernelListener {
                 p: &p,
                 mode,
                 bind,
@@ -132,10 +182,9 @@ fn listener(
         downstreams,
         session,
         fallback,
-        // Read by the next change: these keys are not parsed yet.
-        downstreams_file: None,
-        drain: crate::model::DEFAULT_DRAIN,
-        health: None,
+        downstreams_file,
+        drain,
+        health,
     })
 }
 
@@ -221,129 +270,29 @@ fn fallback(raw: Option<RawFallback>) -> Fallback {
     }
 }
 
-/// What only makes sense for a kernel-plane listener is refused on a userspace one.
-fn userspace_rules(p: &str, has_fallback: bool, errs: &mut Errors) {
-    if has_fallback {
-        errs.add(
-            format!("{p}.fallback"),
-            "only kernel-plane listeners (mode: xdp or tc_ebpf) fall back",
-        );
-    }
-}
-
-/// What the kernel-plane rules look at.
-struct KernelListener<'a> {
-    p: &'a str,
-    mode: Mode,
-    bind: Option<SocketAddr>,
-    interface: Option<&'a str>,
-    distribution: Distribution,
-    downstreams: &'a [DownstreamConfig],
-    session: bool,
-    /// How many kernel listeners so far, this one included.
-    count: usize,
-}
-
-/// The kernel plane rewrites headers in place and has fixed-size maps: what it cannot do is
-/// rejected here, before anything starts.
-fn kernel_rules(k: &KernelListener<'_>, errs: &mut Errors) {
-    kernel_addressing(k, errs);
-    kernel_features(k, errs);
-    kernel_capacity(k, errs);
-}
-
-/// An interface to attach to, an explicit port, and downstreams of the listener's address
-/// family (the programs rewrite headers in place, they cannot translate).
-fn kernel_addressing(k: &KernelListener<'_>, errs: &mut Errors) {
-    let (p, mode) = (k.p, k.mode.as_str());
-    if k.interface.is_none_or(str::is_empty) {
-        errs.add(
-            format!("{p}.interface"),
-            format!("required with mode: {mode} (the network interface to attach to)"),
-        );
-    }
-    let Some(b) = k.bind else { return };
-    if b.port() == 0 {
-        errs.add(
-            format!("{p}.bind"),
-            format!("mode: {mode} needs an explicit port"),
-        );
-    }
-    for (j, d) in k.downstreams.iter().enumerate() {
-        if d.addr.is_ipv4() != b.is_ipv4() {
-            errs.add(
-                format!("{p}.downstreams[{j}]"),
-                format!("{} is not of the listener's address family; mode: {mode} rewrites headers in place and cannot translate between IPv4 and IPv6", d.addr),
-            );
-        }
-    }
-}
-
-/// What the programs do not do: copy a packet in XDP, keep sessions.
-fn kernel_features(k: &KernelListener<'_>, errs: &mut Errors) {
-    let (p, mode) = (k.p, k.mode.as_str());
-    if k.distribution == Distribution::Mirror && k.mode == Mode::Xdp {
-        errs.add(
-            format!("{p}.distribution"),
-            "mirror needs mode: tc_ebpf (XDP cannot copy a packet) or mode: userspace",
-        );
-    }
-    if k.session {
-        errs.add(
-            format!("{p}.session"),
-            format!("sessions and the reply path are served by the userspace plane; use mode: userspace (mode: {mode} keeps no sessions)"),
-        );
-    }
-}
-
-/// The sizes of the kernel plane's maps: downstreams per listener, mirror copies, listeners.
-fn kernel_capacity(k: &KernelListener<'_>, errs: &mut Errors) {
-    let (p, mode) = (k.p, k.mode.as_str());
-    if k.downstreams.len() > kernel_limits::DOWNSTREAMS {
-        errs.add(
-            format!("{p}.downstreams"),
-            format!(
-                "mode: {mode} takes at most {} downstreams",
-                kernel_limits::DOWNSTREAMS
-            ),
-        );
-    }
-    if k.distribution == Distribution::Mirror && k.downstreams.len() > kernel_limits::MIRROR {
-        errs.add(
-            format!("{p}.downstreams"),
-            format!(
-                "a kernel mirror copies to at most {} downstreams",
-                kernel_limits::MIRROR
-            ),
-        );
-    }
-    if k.count == kernel_limits::LISTENERS + 1 {
-        errs.add(
-            format!("{p}.mode"),
-            format!(
-                "the kernel plane serves at most {} listeners",
-                kernel_limits::LISTENERS
-            ),
-        );
-    }
-}
-
-/// `listeners[i].downstreams`: a non-empty list of valid, distinct downstreams.
+/// `listeners[i].downstreams`: a list of valid, distinct downstreams, not empty unless the
+/// listener has a `downstreams_file` (`has_file`).
 fn downstreams(
     raw: Option<Vec<RawDownstream>>,
     p: &str,
     bind: Option<SocketAddr>,
+    has_file: bool,
     errs: &mut Errors,
 ) -> Vec<DownstreamConfig> {
     let Some(raw) = raw else {
-        errs.add(
-            format!("{p}.downstreams"),
-            "required: list at least one downstream",
-        );
+        if !has_file {
+            errs.add(
+                format!("{p}.downstreams"),
+                "required: list at least one downstream (or name a downstreams_file)",
+            );
+        }
         return Vec::new();
     };
-    if raw.is_empty() {
-        errs.add(format!("{p}.downstreams"), "list at least one downstream");
+    if raw.is_empty() && !has_file {
+        errs.add(
+            format!("{p}.downstreams"),
+            "list at least one downstream (or name a downstreams_file)",
+        );
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -405,17 +354,31 @@ fn usable_downstream(
     bind: Option<SocketAddr>,
     errs: &mut Errors,
 ) -> bool {
-    let reason = if addr.port() == 0 {
-        format!("downstream {addr} has port 0")
+    match unusable(addr, bind) {
+        None => true,
+        Some(reason) => {
+            errs.add(dp, reason);
+            false
+        }
+    }
+}
+
+/// Why datagrams cannot be sent to `addr` from a listener on `bind`, if they cannot. The same
+/// words for the config's list and a downstreams file.
+pub(crate) fn unusable(addr: SocketAddr, bind: Option<SocketAddr>) -> Option<String> {
+    if addr.port() == 0 {
+        Some(format!("downstream {addr} has port 0"))
     } else if addr.ip().is_unspecified() {
-        format!("downstream {addr} is an unspecified address; name a host")
+        Some(format!(
+            "downstream {addr} is an unspecified address; name a host"
+        ))
     } else if Some(addr) == bind {
-        format!("downstream {addr} is the listener itself (forwarding loop)")
+        Some(format!(
+            "downstream {addr} is the listener itself (forwarding loop)"
+        ))
     } else {
-        return true;
-    };
-    errs.add(dp, reason);
-    false
+        None
+    }
 }
 
 fn session(raw: RawSession, p: &str, errs: &mut Errors) -> Option<SessionConfig> {
@@ -526,20 +489,44 @@ fn within(
     None
 }
 
+/// A path key: not empty; relative paths joined to `base` when there is one.
+fn path_key(
+    raw: Option<&str>,
+    path: &str,
+    base: Option<&Path>,
+    errs: &mut Errors,
+) -> Option<PathBuf> {
+    let raw = raw?;
+    if raw.trim().is_empty() {
+        errs.add(path, "empty path: name a file");
+        return None;
+    }
+    let p = Path::new(raw);
+    Some(match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_path_buf(),
+    })
+}
+
 fn socket_addr(s: &Scalar, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
     match s.0.trim().parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            let hint = if s.0.contains("::") && !s.0.contains('[') {
-                " (write IPv6 as [addr]:port)"
-            } else if !s.0.contains(':') {
-                " (expected ip:port, e.g. 127.0.0.1:5514)"
-            } else {
-                ""
-            };
+            let hint = address_hint(&s.0);
             errs.add(path, format!("invalid socket address \"{}\"{hint}", s.0));
             None
         }
+    }
+}
+
+/// A hint for an address that does not parse as `ip:port` (empty when there is none to give).
+pub(crate) fn address_hint(s: &str) -> &'static str {
+    if s.contains("::") && !s.contains('[') {
+        " (write IPv6 as [addr]:port)"
+    } else if !s.contains(':') {
+        " (expected ip:port, e.g. 127.0.0.1:5514)"
+    } else {
+        ""
     }
 }
 

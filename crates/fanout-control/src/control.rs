@@ -77,13 +77,15 @@ struct View {
 pub struct Control {
     state: Mutex<State>,
     view: Mutex<View>,
-    planes: Vec<Arc<dyn Plane>>,
+    /// A reload may start a plane (the first kernel-plane listener), hence the lock.
+    planes: Mutex<Vec<Arc<dyn Plane>>>,
     origin: Instant,
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds: Vec<&str> = self.planes.iter().map(|p| p.kind()).collect();
+        let planes = self.planes();
+        let kinds: Vec<&str> = planes.iter().map(|p| p.kind()).collect();
         f.debug_struct("Control").field("planes", &kinds).finish()
     }
 }
@@ -107,9 +109,19 @@ impl Control {
                 pushed,
             }),
             view: Mutex::new(View::default()),
-            planes,
+            planes: Mutex::new(planes),
             origin: Instant::now(),
         }
+    }
+
+    /// The planes, now.
+    pub fn planes(&self) -> Vec<Arc<dyn Plane>> {
+        lock(&self.planes).clone()
+    }
+
+    /// Takes charge of one more plane (started by a reload).
+    pub fn add_plane(&self, plane: Arc<dyn Plane>) {
+        lock(&self.planes).push(plane);
     }
 
     /// Milliseconds since this control plane started: the clock of [`Desired`].
@@ -261,8 +273,8 @@ impl Control {
     /// Pushes `new` to every plane serving `name`, or, if one refuses, `old` back to those
     /// already updated.
     fn push(&self, name: &str, new: &[Endpoint], old: &[Endpoint]) -> Result<(), ControlError> {
-        let serving: Vec<&Arc<dyn Plane>> = self
-            .planes
+        let planes = self.planes();
+        let serving: Vec<&Arc<dyn Plane>> = planes
             .iter()
             .filter(|p| p.listener_names().iter().any(|n| n == name))
             .collect();
@@ -285,7 +297,7 @@ impl Control {
     /// Every listener's counters, summed over the planes (a kernel-plane listener's fast path
     /// and slow path are one listener to its users), with each downstream's health.
     pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
-        let mut snaps = merge_snapshots(self.planes.iter().flat_map(|p| p.snapshot()));
+        let mut snaps = merge_snapshots(self.planes().iter().flat_map(|p| p.snapshot()));
         let view = lock(&self.view);
         for s in &mut snaps {
             for d in &mut s.downstreams {

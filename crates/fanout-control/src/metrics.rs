@@ -42,6 +42,14 @@ impl Exporter {
         Exporter { registry }
     }
 
+    /// Adds the control plane's families (reloads, health probes, fail open).
+    pub fn add_control(&mut self, source: crate::control_metrics::ControlSource) {
+        self.registry
+            .register_collector(Box::new(crate::control_metrics::ControlCollector {
+                source,
+            }));
+    }
+
     /// The metrics in the text exposition format (OpenMetrics 1.0, which Prometheus reads).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);

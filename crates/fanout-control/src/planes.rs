@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use fanout_config::{ListenerConfig, Mode};
 use fanout_core::ListenerSnapshot;
 use fanout_core::select::Endpoint;
 use fanout_kernel::plane::KernelPlane;
@@ -37,6 +38,24 @@ pub trait Plane: Send + Sync {
     fn set_endpoints(&self, name: &str, endpoints: Vec<Endpoint>) -> Result<(), PlaneError>;
     /// Every listener's counters.
     fn snapshot(&self) -> Vec<ListenerSnapshot>;
+    /// Whether this plane serves a listener configured as `l`.
+    fn serves(&self, l: &ListenerConfig) -> bool;
+    /// Starts serving `l` (on its static downstreams), or changes nothing and says why. A
+    /// plane whose listeners are fixed refuses.
+    fn add_listener(&self, l: &ListenerConfig) -> Result<(), PlaneError> {
+        Err(PlaneError(format!(
+            "the {} plane cannot add listener {:?} while running",
+            self.kind(),
+            l.name
+        )))
+    }
+    /// Stops serving listener `name`. A plane whose listeners are fixed refuses.
+    fn remove_listener(&self, name: &str) -> Result<(), PlaneError> {
+        Err(PlaneError(format!(
+            "the {} plane cannot remove listener {name:?} while running",
+            self.kind()
+        )))
+    }
 }
 
 impl Plane for UserspacePlane {
@@ -62,6 +81,11 @@ impl Plane for UserspacePlane {
     fn snapshot(&self) -> Vec<ListenerSnapshot> {
         UserspacePlane::snapshot(self)
     }
+
+    /// Every listener: the kernel plane's too, as their slow path.
+    fn serves(&self, _: &ListenerConfig) -> bool {
+        true
+    }
 }
 
 impl Plane for KernelPlane {
@@ -79,5 +103,9 @@ impl Plane for KernelPlane {
 
     fn snapshot(&self) -> Vec<ListenerSnapshot> {
         KernelPlane::snapshot(self)
+    }
+
+    fn serves(&self, l: &ListenerConfig) -> bool {
+        l.mode != Mode::Userspace
     }
 }

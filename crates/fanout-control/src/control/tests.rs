@@ -42,6 +42,15 @@ impl Plane for Fake {
         self.sets.lock().unwrap().push((name.to_owned(), addrs));
         Ok(())
     }
+    fn serves(&self, _: &fanout_config::ListenerConfig) -> bool {
+        true
+    }
+    fn add_listener(&self, _: &fanout_config::ListenerConfig) -> Result<(), PlaneError> {
+        Err(PlaneError("fixed".into()))
+    }
+    fn remove_listener(&self, _: &str) -> Result<(), PlaneError> {
+        Err(PlaneError("fixed".into()))
+    }
     fn snapshot(&self) -> Vec<ListenerSnapshot> {
         self.names
             .iter()
