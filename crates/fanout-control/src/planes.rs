@@ -108,4 +108,12 @@ impl Plane for KernelPlane {
     fn serves(&self, l: &ListenerConfig) -> bool {
         l.mode != Mode::Userspace
     }
+
+    fn add_listener(&self, l: &ListenerConfig) -> Result<(), PlaneError> {
+        KernelPlane::add_listener(self, l).map_err(|e| PlaneError(e.to_string()))
+    }
+
+    fn remove_listener(&self, name: &str) -> Result<(), PlaneError> {
+        KernelPlane::remove_listener(self, name).map_err(|e| PlaneError(e.to_string()))
+    }
 }

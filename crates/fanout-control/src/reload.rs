@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use fanout_config::{Config, ConfigDiff, DownstreamConfig, ListenerConfig};
+use fanout_config::{Config, ConfigDiff, DownstreamConfig, Fallback, ListenerConfig, Mode};
 
 use crate::control::Control;
 use crate::planes::Plane;
@@ -75,8 +75,14 @@ pub fn read_files(cfg: &Config) -> Result<Vec<(String, Vec<DownstreamConfig>)>, 
     let mut out = Vec::new();
     for l in &cfg.listeners {
         if let Some(p) = &l.downstreams_file {
-            let list =
-                fanout_config::downstreams_file::load(p).map_err(|e| ReloadError(e.to_string()))?;
+            // The file's entries obey the listener's rules too (no loop to its own bind, the
+            // kernel plane's limits).
+            let list = fanout_config::downstreams_file::load(p)
+                .and_then(|list| {
+                    fanout_config::downstreams_file::check_for(l, &list, p)?;
+                    Ok(list)
+                })
+                .map_err(|e| ReloadError(e.to_string()))?;
             out.push((l.name.clone(), list));
         }
     }
@@ -200,6 +206,17 @@ impl Reloader {
     /// Adds one listener to every plane that serves it, or to none.
     fn add(&self, l: &ListenerConfig) -> Result<(), ReloadError> {
         let planes = self.control.planes();
+        if l.mode != Mode::Userspace && !planes.iter().any(|p| p.kind() == "kernel") {
+            // The kernel plane is started with the daemon, when a listener needs it: loading
+            // programs later would need privileges the daemon has dropped.
+            if l.fallback != Fallback::Userspace {
+                return Err(ReloadError(format!(
+                    "listener {:?}: the kernel plane is not running (no xdp/tc_ebpf listener at start); restart udp-fanout to add one, or set fallback: userspace",
+                    l.name
+                )));
+            }
+            tracing::warn!(listener = %l.name, "the kernel plane is not running; serving this listener in userspace (fallback: userspace)");
+        }
         let serving: Vec<&Arc<dyn Plane>> = planes.iter().filter(|p| p.serves(l)).collect();
         for (i, p) in serving.iter().enumerate() {
             if let Err(e) = p.add_listener(l) {

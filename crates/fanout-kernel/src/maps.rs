@@ -5,9 +5,11 @@
 //! each can sit behind its own lock and no user waits for another's work:
 //!
 //! - [`SetMaps`]: listeners, ports, globals and the double-banked downstream sets, written by
-//!   updates. Replacing a set is atomic for the programs (idle bank written in full, then one
-//!   flip; see [`SetMaps`] for why), and a Maglev table is 65,537 writes.
-//! - [`StatsMaps`]: the per-CPU counters, read by every scrape.
+//!   updates (a set replaced, a listener added or removed). Replacing a set is atomic for the
+//!   programs (idle bank written in full, then one flip; see [`SetMaps`] for why), and a Maglev
+//!   table is 65,537 writes.
+//! - [`StatsMaps`]: the per-CPU counters, read by every scrape; zeroed per downstream slot and
+//!   per listener id before reuse.
 //! - [`NexthopCache`]: the next-hop cache, cleared by the route watcher.
 //!
 //! [`KernelMaps`] holds all three for code that drives the maps from one thread (the tests and
@@ -174,6 +176,16 @@ impl KernelMaps {
         self.stats.reset_endpoint_counters(stats_id)
     }
 
+    /// [`StatsMaps::reset_listener_counters`].
+    pub fn reset_listener_counters(&mut self, id: u32) -> Result<(), MapsError> {
+        self.stats.reset_listener_counters(id)
+    }
+
+    /// [`SetMaps::reset_cursor`].
+    pub fn reset_cursor(&mut self, id: u32) -> Result<(), MapsError> {
+        self.sets.reset_cursor(id)
+    }
+
     /// [`NexthopCache::clear_nexthops`].
     pub fn clear_nexthops(&mut self) -> Result<usize, MapsError> {
         self.nexthop_cache.clear_nexthops()
@@ -237,14 +249,28 @@ impl StatsMaps {
 
     /// Zeroes a counter slot before it is given to a new downstream.
     pub fn reset_endpoint_counters(&mut self, stats_id: u32) -> Result<(), MapsError> {
-        let n = aya::util::nr_cpus()
-            .map_err(|(_, e)| err("uf_endpoint_stats")(MapError::IoError(e)))?;
-        let zeros = PerCpuValues::try_from(vec![uf_endpoint_stats::default(); n])
-            .map_err(|e| err("uf_endpoint_stats")(MapError::IoError(e)))?;
+        let zeros = per_cpu_zeros("uf_endpoint_stats")?;
         self.endpoint_stats
             .set(stats_id, zeros, 0)
             .map_err(err("uf_endpoint_stats"))
     }
+
+    /// Zeroes listener `id`'s counters before the id is given to a new listener, so that it
+    /// does not start with its predecessor's counts.
+    pub fn reset_listener_counters(&mut self, id: u32) -> Result<(), MapsError> {
+        let zeros = per_cpu_zeros("uf_listener_stats")?;
+        self.listener_stats
+            .set(id, zeros, 0)
+            .map_err(err("uf_listener_stats"))
+    }
+}
+
+/// A default (all-zero) value for every possible CPU, to overwrite one entry of per-CPU `map`.
+pub(crate) fn per_cpu_zeros<T: aya::Pod + Default>(
+    map: &'static str,
+) -> Result<PerCpuValues<T>, MapsError> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| err(map)(MapError::IoError(e)))?;
+    PerCpuValues::try_from(vec![T::default(); n]).map_err(|e| err(map)(MapError::IoError(e)))
 }
 
 /// The programs' next-hop cache (`uf_nexthops`), which userspace only inspects and clears.

@@ -1,13 +1,14 @@
-//! The maps an update writes: listeners, ports, globals and the double-banked downstream sets.
+//! The maps an update writes: listeners, ports, globals, the double-banked downstream sets and
+//! the round-robin cursors.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aya::Ebpf;
-use aya::maps::{Array, HashMap, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use fanout_core::select::{BackendSet, Distribution, Schedule};
 
-use super::{MapsError, err, listener_key, socket_words};
+use super::{MapsError, err, listener_key, per_cpu_zeros, socket_words};
 use crate::bindings::*;
 
 /// How long a bank that was just retired stays untouched.
@@ -15,7 +16,8 @@ pub const BANK_REUSE_DELAY: Duration = Duration::from_millis(20);
 
 /// The maps that define listeners and their downstream sets: `uf_listeners`, `uf_ports`,
 /// `uf_globals`, and per listener two banks (`uf_banks` headers, `uf_backends`, `uf_rr`,
-/// `uf_maglev` slices) of which `uf_active` names the one the programs use.
+/// `uf_maglev` slices) of which `uf_active` names the one the programs use, and the
+/// listener's round-robin cursors (`uf_rr_cursor`, which the programs advance).
 ///
 /// Why the programs never see half a set: they read `uf_active` once per packet and then only
 /// that bank. [`write_set`](Self::write_set) writes the idle bank completely (downstreams,
@@ -36,6 +38,7 @@ pub struct SetMaps {
     backends: Array<MapData, uf_backend>,
     rr: Array<MapData, u32>,
     maglev: Array<MapData, u32>,
+    rr_cursor: PerCpuArray<MapData, u32>,
     /// When each listener's bank was last flipped. Kept with the maps it describes: whoever
     /// may flip (holds `&mut self`) is the one who knows when the last flip was.
     flipped: FlipTimes,
@@ -98,6 +101,7 @@ impl SetMaps {
             backends: take!(ebpf, "uf_backends"),
             rr: take!(ebpf, "uf_rr"),
             maglev: take!(ebpf, "uf_maglev"),
+            rr_cursor: take!(ebpf, "uf_rr_cursor"),
             flipped: FlipTimes::default(),
         })
     }
@@ -173,6 +177,17 @@ impl SetMaps {
         }
         let index = u32::from(u16::from_be(port)) * 2 + u32::from(family == 6);
         self.ports.set(index, entry, 0).map_err(err("uf_ports"))
+    }
+
+    /// Puts listener `id`'s round-robin cursor back to the start of the cycle on every CPU, so
+    /// that a listener given a used id walks its cycle from the start, as on fresh maps. Only
+    /// for an id no registered listener has: the programs advance the cursors without a lock.
+    pub fn reset_cursor(&mut self, id: u32) -> Result<(), MapsError> {
+        check_id(id)?;
+        let zeros = per_cpu_zeros("uf_rr_cursor")?;
+        self.rr_cursor
+            .set(id, zeros, 0)
+            .map_err(err("uf_rr_cursor"))
     }
 
     /// How long until listener `id`'s idle bank may be rewritten by [`write_set`] (which waits
