@@ -86,6 +86,16 @@ impl Plane for UserspacePlane {
     fn serves(&self, _: &ListenerConfig) -> bool {
         true
     }
+
+    fn add_listener(&self, l: &ListenerConfig) -> Result<(), PlaneError> {
+        UserspacePlane::add_listener(self, l)
+            .map(|_| ())
+            .map_err(|e| PlaneError(e.to_string()))
+    }
+
+    fn remove_listener(&self, name: &str) -> Result<(), PlaneError> {
+        UserspacePlane::remove_listener(self, name).map_err(|e| PlaneError(e.to_string()))
+    }
 }
 
 impl Plane for KernelPlane {

@@ -5,7 +5,8 @@
 //! - [`stats`]: per-worker, cache-line-padded counters.
 //! - [`listener`]: a listener's shared state: its downstream set (swapped whole) and counters.
 //! - `worker`: the per-core loop: receive a batch, pick targets, send a batch.
-//! - [`plane`]: binding everything up front, starting and stopping the workers.
+//! - [`plane`]: binding everything up front, starting and stopping the workers, and adding or
+//!   removing listeners while they run (reload).
 //!
 //! `unsafe` is denied everywhere but in [`sys`], so a new system call cannot slip into the
 //! worker loop or the plane's set-up without going through the one module that is reviewed

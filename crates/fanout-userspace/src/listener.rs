@@ -1,10 +1,18 @@
 //! A listener's state shared between its workers and the control plane: its current downstream
 //! set (swapped whole through `ArcSwap`, so workers never lock or see half an update), its
 //! counters, and its sockets (kept here to read the kernel's drop counts at scrape time).
+//!
+//! A listener removed at run time ([`UserspacePlane::remove_listener`]) lets go of its sockets
+//! here too (`ListenerShared::close_sockets`), so its port is free once the workers have
+//! dropped theirs, even while someone still holds the `Arc<ListenerShared>` (a scrape in
+//! progress, a caller that kept what `add_listener` returned). The sockets sit behind a mutex
+//! for that: only the control side (set-up, removal, scrapes) takes it, never a worker.
+//!
+//! [`UserspacePlane::remove_listener`]: crate::UserspacePlane::remove_listener
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
 use fanout_config::{ListenerConfig, SessionConfig};
@@ -36,7 +44,8 @@ pub struct ListenerShared {
     workers: usize,
     stats: ListenerStats,
     backends: ArcSwap<ActiveSet>,
-    sockets: Vec<Arc<UdpSocket>>,
+    /// Index = worker; emptied when the listener is removed.
+    sockets: Mutex<Vec<Arc<UdpSocket>>>,
     session: Option<SessionConfig>,
     has_sessions: bool,
 }
@@ -70,7 +79,7 @@ impl ListenerShared {
             workers,
             stats: ListenerStats::new(workers),
             backends: ArcSwap::from_pointee(active),
-            sockets,
+            sockets: Mutex::new(sockets),
             session: cfg.session,
             has_sessions: cfg.session.is_some(),
         }
@@ -91,9 +100,21 @@ impl ListenerShared {
         self.local_addr
     }
 
-    /// The per-worker sockets (index = worker).
-    pub(crate) fn sockets(&self) -> &[Arc<UdpSocket>] {
-        &self.sockets
+    fn lock_sockets(&self) -> MutexGuard<'_, Vec<Arc<UdpSocket>>> {
+        // The guarded code cannot panic halfway; a poisoned list is still a whole list.
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Worker `w`'s socket (`None` once the listener is closed).
+    pub(crate) fn socket(&self, w: usize) -> Option<Arc<UdpSocket>> {
+        self.lock_sockets().get(w).cloned()
+    }
+
+    /// Drops this side's references to the sockets: once the workers dropped theirs too, the
+    /// descriptors are closed and the port is free. Called when the listener is removed.
+    pub(crate) fn close_sockets(&self) {
+        let sockets = std::mem::take(&mut *self.lock_sockets());
+        drop(sockets);
     }
 
     /// Its counters.
@@ -156,7 +177,7 @@ impl ListenerShared {
             replies_dropped: t.replies_dropped,
             sessions: t.sessions,
             socket_drops: self
-                .sockets
+                .lock_sockets()
                 .iter()
                 .filter_map(|s| socket::kernel_drops(s.as_ref()))
                 .sum(),

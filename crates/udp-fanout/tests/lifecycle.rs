@@ -40,7 +40,7 @@ impl Rig {
         let [a, b]: [SinkHandle; 2] = s.try_into().unwrap();
         let plane = Arc::new(UserspacePlane::start(&cfg).unwrap());
         let control = Control::new(&cfg, vec![Arc::clone(&plane) as Arc<dyn Plane>]);
-        let l = Arc::clone(plane.listener("l").unwrap());
+        let l = plane.listener("l").unwrap();
         let to = l.local_addr();
         Rig {
             a,

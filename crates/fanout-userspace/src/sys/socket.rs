@@ -90,6 +90,15 @@ fn bind_with(
     Ok((s.into(), sizes))
 }
 
+/// Lets further SO_REUSEPORT sockets bind `sock`'s address once it is bound. Binding port 0
+/// without SO_REUSEPORT and sharing afterwards gets a port nobody else holds: the kernel's
+/// choice of a port for a SO_REUSEPORT socket passes over ports that other SO_REUSEPORT
+/// sockets of the same user hold, and would join their group. Linux adds the later sockets to
+/// a group with this one all the same.
+pub fn share_port(sock: &UdpSocket) -> io::Result<()> {
+    socket2::SockRef::from(sock).set_reuse_port(true)
+}
+
 /// Creates a non-blocking, unbound-port socket of `addr`'s family for sending to downstreams.
 pub fn egress(family_of: SocketAddr, opts: &SocketOptions) -> io::Result<(UdpSocket, BufferSizes)> {
     let local: SocketAddr = if family_of.is_ipv6() {

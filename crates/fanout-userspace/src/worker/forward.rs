@@ -19,6 +19,9 @@ pub(crate) struct Egress {
     v4: Option<(UdpSocket, SendQueue)>,
     v6: Option<(UdpSocket, SendQueue)>,
     timeout: Duration,
+    /// For the queues of sockets installed later.
+    batch: usize,
+    gso: bool,
 }
 
 impl Egress {
@@ -29,15 +32,30 @@ impl Egress {
         timeout: Duration,
         gso: bool,
     ) -> Self {
+        let mut e = Egress {
+            v4: None,
+            v6: None,
+            timeout,
+            batch,
+            gso,
+        };
+        e.install(v4, v6);
+        e
+    }
+
+    /// Takes the sockets of the families it has none of yet (a listener added at run time may
+    /// bring downstreams of a new address family); others are dropped.
+    pub(crate) fn install(&mut self, v4: Option<UdpSocket>, v6: Option<UdpSocket>) {
+        let (batch, gso) = (self.batch, self.gso);
         let q = || {
             let mut q = SendQueue::new(batch * 2);
             q.set_gso(gso);
             q
         };
-        Egress {
-            v4: v4.map(|s| (s, q())),
-            v6: v6.map(|s| (s, q())),
-            timeout,
+        for (slot, sock) in [(&mut self.v4, v4), (&mut self.v6, v6)] {
+            if let (None, Some(s)) = (slot.as_ref(), sock) {
+                *slot = Some((s, q()));
+            }
         }
     }
 

@@ -11,7 +11,16 @@
 //! Readiness comes from epoll (through mio, edge-triggered) into a ready queue. A socket that
 //! filled a whole batch goes back to the end of the queue, after the others had their turn, so
 //! one busy listener cannot starve the rest.
+//!
+//! The set of listeners can change while the worker runs (`command`): the plane queues a
+//! [`Command`] on the worker's channel and fires its `Waker`, the same one that interrupts it
+//! for shutdown. The worker drains the channel only after a poll that returned the waker's
+//! event, between taking the events and serving the ready queue, so the cost on the data path
+//! is one comparison per event that was already there. A listener's slot in `ports` is its
+//! token's high half; a removed listener leaves an empty slot (reused by the next one added)
+//! so that the other listeners' tokens, and their epoll registrations, never change.
 
+mod command;
 mod forward;
 mod reply;
 mod session;
@@ -20,6 +29,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
@@ -29,7 +39,9 @@ use crate::sys::{RecvBatch, SLOT_SIZE, SendQueue};
 use forward::{Egress, Piece};
 use session::Sessions;
 
-/// Token of the waker that interrupts `poll` for shutdown.
+pub(crate) use command::{AddListener, Command};
+
+/// Token of the waker that interrupts `poll` for shutdown and for commands.
 pub(crate) const WAKE: Token = Token(usize::MAX);
 
 /// Batches read from one socket before giving the other sockets a turn.
@@ -72,6 +84,8 @@ pub(crate) struct WorkerSetup {
     pub gso: bool,
     pub busy_poll: Duration,
     pub shutdown: Arc<AtomicBool>,
+    /// Listeners to add and remove, with `WAKE` fired after each.
+    pub commands: Receiver<Command>,
 }
 
 /// One listener as one worker sees it.
@@ -83,6 +97,25 @@ pub(crate) struct Port {
     /// Queued for reading.
     queued: bool,
     sessions: Option<Sessions>,
+}
+
+impl Port {
+    /// Worker `id`'s (of `workers`) share of listener `shared`, queued for reading so that
+    /// datagrams that arrived before the first event are read.
+    fn new(shared: Arc<ListenerShared>, sock: Arc<UdpSocket>, id: usize, workers: usize) -> Self {
+        let sessions = shared
+            .session()
+            .map(|cfg| Sessions::new(&shared, cfg, workers, id));
+        Port {
+            shared,
+            sock,
+            // Stagger the workers' round-robin positions so they do not all start on
+            // downstream 0.
+            cursor: id,
+            queued: true,
+            sessions,
+        }
+    }
 }
 
 /// Rate-limits repeated error logs: the first, then one per `EVERY`.
@@ -113,8 +146,13 @@ pub(crate) struct Buffers {
 
 struct Worker {
     id: usize,
+    workers: usize,
     poll: Poll,
-    ports: Vec<Port>,
+    /// Index = the token's listener half; `None`: a removed listener's slot.
+    ports: Vec<Option<Port>>,
+    /// Some listener keeps sessions (then idle ones are swept).
+    has_sessions: bool,
+    commands: Receiver<Command>,
     egress: Egress,
     bufs: Buffers,
     ready: Vec<Token>,
@@ -143,25 +181,15 @@ pub(crate) fn run(setup: WorkerSetup) {
         gso,
         busy_poll,
         shutdown,
+        commands,
     } = setup;
-    let ports: Vec<Port> = listeners
+    let ports: Vec<Option<Port>> = listeners
         .into_iter()
-        .map(|(shared, sock)| {
-            // Stagger the workers' round-robin positions so they do not all start on downstream 0.
-            let sessions = shared
-                .session()
-                .map(|cfg| Sessions::new(&shared, cfg, workers, id));
-            Port {
-                shared,
-                sock,
-                cursor: id,
-                queued: true,
-                sessions,
-            }
-        })
+        .map(|(shared, sock)| Some(Port::new(shared, sock, id, workers)))
         .collect();
     let mut w = Worker {
         id,
+        workers,
         poll,
         egress: Egress::new(egress_v4, egress_v6, batch, send_timeout, gso),
         bufs: Buffers {
@@ -175,12 +203,15 @@ pub(crate) fn run(setup: WorkerSetup) {
         },
         // Everything starts queued so datagrams that arrived before the first event are read.
         ready: (0..ports.len()).map(listener_token).collect(),
+        has_sessions: false,
         ports,
+        commands,
         scratch: Vec::new(),
         clock: Instant::now(),
         recv_errors: LogLimiter::default(),
         busy_poll,
     };
+    w.update_has_sessions();
     tracing::debug!(
         worker = id,
         of = workers,
@@ -196,9 +227,12 @@ impl Worker {
         self.clock.elapsed().as_millis() as u64
     }
 
+    fn update_has_sessions(&mut self) {
+        self.has_sessions = self.ports.iter().flatten().any(|p| p.sessions.is_some());
+    }
+
     fn run(&mut self, shutdown: &AtomicBool) {
         let mut events = Events::with_capacity(1024);
-        let has_sessions = self.ports.iter().any(|p| p.sessions.is_some());
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         let mut last_busy = Instant::now();
         loop {
@@ -209,7 +243,7 @@ impl Worker {
                 // Busy polling: keep asking for a while after traffic instead of sleeping, so
                 // the next datagram does not pay a wake-up.
                 Some(Duration::ZERO)
-            } else if has_sessions {
+            } else if self.has_sessions {
                 Some(next_sweep.saturating_duration_since(Instant::now()))
             } else {
                 None
@@ -221,15 +255,22 @@ impl Worker {
                 tracing::error!(worker = self.id, error = %e, "poll failed; worker stops");
                 return;
             }
+            let mut woken = false;
             for ev in events.iter() {
-                if ev.token() != WAKE {
+                if ev.token() == WAKE {
+                    woken = true;
+                } else {
                     self.enqueue(ev.token());
                 }
             }
             if shutdown.load(Ordering::Acquire) {
                 return;
             }
-            if has_sessions && Instant::now() >= next_sweep {
+            if woken {
+                // Only now, never per batch: the plane fires the waker after each command.
+                self.take_commands();
+            }
+            if self.has_sessions && Instant::now() >= next_sweep {
                 self.sweep();
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
@@ -240,7 +281,7 @@ impl Worker {
     /// Queues a socket for reading unless it already is.
     fn enqueue(&mut self, t: Token) {
         let (li, up) = split_token(t);
-        let Some(port) = self.ports.get_mut(li) else {
+        let Some(port) = self.ports.get_mut(li).and_then(Option::as_mut) else {
             return;
         };
         let flag = match up {
@@ -304,7 +345,9 @@ impl Worker {
             ready,
             ..
         } = self;
-        let port = &mut ports[li];
+        let Some(port) = ports.get_mut(li).and_then(Option::as_mut) else {
+            return;
+        };
         port.queued = false;
         for _ in 0..BATCHES_PER_TURN {
             match bufs.recv.recv(port.sock.as_fd()) {
@@ -343,18 +386,14 @@ impl Worker {
     /// Reads replies from upstream socket `k` of listener `li` into the shared batch. Returns
     /// true when datagrams are waiting in the batch to be relayed.
     fn gather_replies(&mut self, li: usize, k: u32) -> bool {
-        let Some(sessions) = self.ports[li].sessions.as_mut() else {
+        let Some(sessions) = sessions_of(&mut self.ports, li) else {
             return false;
         };
         let more = sessions.read_upstream(k, &mut self.bufs, &mut self.recv_errors);
         if more {
             // The batch filled up: relay it now and come back to this socket.
             self.flush_replies(li);
-            if let Some(f) = self.ports[li]
-                .sessions
-                .as_mut()
-                .and_then(|s| s.queued_flag(k))
-            {
+            if let Some(f) = sessions_of(&mut self.ports, li).and_then(|s| s.queued_flag(k)) {
                 *f = true;
                 self.ready.push(upstream_token(li, k));
             }
@@ -365,8 +404,9 @@ impl Worker {
 
     fn flush_replies(&mut self, li: usize) {
         let now = self.now_ms();
-        let port = &mut self.ports[li];
-        if let Some(s) = port.sessions.as_mut() {
+        if let Some(port) = self.ports.get_mut(li).and_then(Option::as_mut)
+            && let Some(s) = port.sessions.as_mut()
+        {
             reply::relay(self.id, &port.shared, &port.sock, s, &mut self.bufs, now);
         }
         self.bufs.recv.clear();
@@ -375,12 +415,17 @@ impl Worker {
 
     fn sweep(&mut self) {
         let now = self.now_ms();
-        for port in &mut self.ports {
+        for port in self.ports.iter_mut().flatten() {
             if let Some(s) = port.sessions.as_mut() {
                 s.expire(port.shared.stats().slot(self.id), now, SWEEP_BUDGET);
             }
         }
     }
+}
+
+/// The sessions of the listener in slot `li`, if it has any.
+fn sessions_of(ports: &mut [Option<Port>], li: usize) -> Option<&mut Sessions> {
+    ports.get_mut(li)?.as_mut()?.sessions.as_mut()
 }
 
 #[cfg(test)]
