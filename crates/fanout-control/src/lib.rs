@@ -16,13 +16,19 @@
 //! does (a slow scrape, a stalled client) can delay a datagram.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod control;
+pub mod control_metrics;
 pub mod desired;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod planes;
+pub mod reload;
+pub mod watch;
 
 pub use control::{Control, ControlError};
 pub use desired::{AdminState, Desired, DownstreamInfo, Health, ListenerState, Source};
 pub use metrics::{Exporter, SnapshotSource};
 pub use planes::{Plane, PlaneError};
+pub use reload::{ReloadCounts, ReloadError, Reloader};

@@ -335,6 +335,7 @@ mod tests {
                 packets: 9,
                 bytes: 900,
                 healthy: None,
+                sessions: None,
             }],
             downstream_active: 1,
             ..Default::default()
@@ -387,12 +388,14 @@ mod tests {
                     packets: 8,
                     bytes: 800,
                     healthy: Some(true),
+                    sessions: None,
                 },
                 EndpointSnapshot {
                     addr: "[2001:db8::2]:53".parse().unwrap(),
                     packets: 6,
                     bytes: 600,
                     healthy: Some(false),
+                    sessions: None,
                 },
             ],
             downstream_active: 2,

@@ -108,6 +108,11 @@ pub struct EndpointSnapshot {
     pub bytes: u64,
     /// Health as last probed; `None` when no health check is configured.
     pub healthy: Option<bool>,
+    /// Live sessions pinned to it now (for mirror listeners: with it as their primary; shadows
+    /// count none). `None` when the listener keeps no sessions (and from the kernel plane,
+    /// which keeps none yet). Sessions that pick a downstream per datagram (`sticky: false`
+    /// with replies) are pinned to none, so they count here for no downstream.
+    pub sessions: Option<u64>,
 }
 
 /// How many sessions began, ended and moved.
@@ -168,7 +173,8 @@ impl ListenerSnapshot {
 /// [`EndpointSnapshot`] per endpoint of the listener's current set, in order, with what `sent`
 /// gives for it ((packets, bytes), in the same order; the list ends with the shorter of the
 /// two), and how many of the endpoints take new flows (`downstream_active`). `healthy` is left
-/// `None`: the data planes do not probe health.
+/// `None`: the data planes do not probe health. `sessions` is left `None` too: a plane that
+/// keeps sessions fills it in.
 pub fn downstream_snapshots(
     endpoints: &[Endpoint],
     sent: impl IntoIterator<Item = (u64, u64)>,
@@ -181,6 +187,7 @@ pub fn downstream_snapshots(
             packets,
             bytes,
             healthy: None,
+            sessions: None,
         })
         .collect();
     let active = endpoints
@@ -218,15 +225,13 @@ fn add_into(o: &mut ListenerSnapshot, s: ListenerSnapshot) {
                 x.packets += e.packets;
                 x.bytes += e.bytes;
                 x.healthy = x.healthy.or(e.healthy);
+                x.sessions = add_gauges(x.sessions, e.sessions);
             }
             None => o.downstreams.push(e),
         }
     }
     o.downstream_active = o.downstream_active.max(s.downstream_active);
-    o.sessions_active = match (o.sessions_active, s.sessions_active) {
-        (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-    };
+    o.sessions_active = add_gauges(o.sessions_active, s.sessions_active);
     o.replies += s.replies;
     o.replies_received += s.replies_received;
     for (a, b) in o.replies_dropped.iter_mut().zip(s.replies_dropped) {
@@ -237,6 +242,14 @@ fn add_into(o: &mut ListenerSnapshot, s: ListenerSnapshot) {
     o.sessions.evicted += s.sessions.evicted;
     o.sessions.repinned += s.sessions.repinned;
     o.socket_drops += s.socket_drops;
+}
+
+/// The sum of two optional gauges: `None` only when neither side has one.
+fn add_gauges(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +270,7 @@ mod merge_tests {
             packets,
             bytes,
             healthy: None,
+            sessions: None,
         };
         assert_eq!(downstreams, vec![ep(1, 5, 50), ep(2, 0, 0), ep(3, 1, 10)]);
         assert_eq!(active, 2, "the draining one takes no new flows");
@@ -274,6 +288,7 @@ mod merge_tests {
             packets,
             bytes: packets * 10,
             healthy: None,
+            sessions: None,
         };
         let a = ListenerSnapshot {
             name: "l".into(),
@@ -306,5 +321,29 @@ mod merge_tests {
         assert_eq!(m[0].downstreams, vec![ep(1, 6), ep(2, 0)]);
         assert_eq!(m[0].downstream_active, 2);
         assert_eq!(m[1].received, 9);
+    }
+
+    #[test]
+    fn per_downstream_sessions_add_up_when_either_side_has_them() {
+        let ep = |port, sessions| EndpointSnapshot {
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
+            packets: 0,
+            bytes: 0,
+            healthy: None,
+            sessions,
+        };
+        let l = |downstreams| ListenerSnapshot {
+            name: "l".into(),
+            downstreams,
+            ..Default::default()
+        };
+        let kernel = l(vec![ep(1, None), ep(2, None), ep(4, None)]);
+        let user = l(vec![ep(1, Some(3)), ep(2, Some(0)), ep(3, Some(2))]);
+        let again = l(vec![ep(1, Some(1))]);
+        let m = merge_snapshots([kernel, user, again]);
+        assert_eq!(
+            m[0].downstreams,
+            vec![ep(1, Some(4)), ep(2, Some(0)), ep(4, None), ep(3, Some(2))]
+        );
     }
 }

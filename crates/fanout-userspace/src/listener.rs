@@ -158,10 +158,16 @@ impl ListenerShared {
     pub fn snapshot(&self) -> ListenerSnapshot {
         let t = self.stats.totals();
         let active = self.backends.load();
-        let (downstreams, downstream_active) = downstream_snapshots(
+        let (mut downstreams, downstream_active) = downstream_snapshots(
             active.set.endpoints(),
             active.stats.iter().map(|s| s.totals()),
         );
+        if self.has_sessions {
+            // Same order as the endpoints: `stats[i]` counts `endpoints()[i]`.
+            for (d, s) in downstreams.iter_mut().zip(active.stats.iter()) {
+                d.sessions = Some(s.sessions());
+            }
+        }
         ListenerSnapshot {
             name: self.name.clone(),
             received: t.received,
@@ -182,5 +188,59 @@ impl ListenerShared {
                 .filter_map(|s| socket::kernel_drops(s.as_ref()))
                 .sum(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(session: &str) -> ListenerShared {
+        let cfg = fanout_config::from_yaml(&format!(
+            "listeners:\n\
+             - {{name: l, bind: '127.0.0.1:0', downstreams: ['127.0.0.1:7001', \
+             '127.0.0.1:7002']{session}}}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = sock.local_addr().expect("local address");
+        // Two workers' slots.
+        ListenerShared::new(
+            &cfg.listeners[0],
+            addr,
+            vec![Arc::new(sock.try_clone().expect("clone")), Arc::new(sock)],
+        )
+    }
+
+    fn sessions(l: &ListenerShared) -> Vec<(u16, Option<u64>)> {
+        l.snapshot()
+            .downstreams
+            .iter()
+            .map(|d| (d.addr.port(), d.sessions))
+            .collect()
+    }
+
+    #[test]
+    fn per_downstream_sessions_are_listed_only_with_sessions() {
+        let plain = shared("");
+        assert_eq!(sessions(&plain), [(7001, None), (7002, None)]);
+        let l = shared(", session: {reply: true}");
+        assert_eq!(sessions(&l), [(7001, Some(0)), (7002, Some(0))]);
+        // Per-worker gauges, summed.
+        let b = l.backends();
+        b.stats[0].set_sessions(0, 2);
+        b.stats[0].set_sessions(1, 3);
+        b.stats[1].set_sessions(1, 1);
+        drop(b);
+        assert_eq!(sessions(&l), [(7001, Some(5)), (7002, Some(1))]);
+        // A downstream that stays keeps its gauges; a new one starts at zero.
+        let eps = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|&p| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], p))))
+                .collect()
+        };
+        l.set_endpoints(eps(&[7003, 7001]));
+        assert_eq!(sessions(&l), [(7003, Some(0)), (7001, Some(5))]);
     }
 }

@@ -169,6 +169,8 @@ impl ListenerStats {
 struct EndpointSlot {
     packets: AtomicU64,
     bytes: AtomicU64,
+    /// A gauge: the worker's live sessions pinned to the downstream, stored when it changes.
+    sessions: AtomicU64,
 }
 
 /// Per-worker counters of what one downstream was sent. Shared (through `Arc`) between
@@ -203,6 +205,23 @@ impl EndpointStats {
         bump(&s.bytes, bytes as u64);
     }
 
+    /// Worker `w` now has `n` live sessions pinned to this downstream. Stored at session
+    /// events (and when the worker takes up a new set), never per datagram.
+    #[inline]
+    pub fn set_sessions(&self, w: usize, n: u64) {
+        self.slots[w % self.slots.len()]
+            .sessions
+            .store(n, Ordering::Relaxed);
+    }
+
+    /// Live sessions pinned to this downstream, summed over workers.
+    pub fn sessions(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.sessions.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// (packets, bytes) summed over workers.
     pub fn totals(&self) -> (u64, u64) {
         self.slots.iter().fold((0, 0), |(p, b), s| {
@@ -235,5 +254,11 @@ mod tests {
         e.sent(0, 3);
         e.sent(1, 4);
         assert_eq!(e.totals(), (2, 7));
+        // A gauge per worker: stored, not added; summed over workers.
+        e.set_sessions(0, 3);
+        e.set_sessions(1, 2);
+        e.set_sessions(0, 1);
+        assert_eq!(e.sessions(), 3);
+        assert_eq!(e.totals(), (2, 7), "apart from the traffic counters");
     }
 }

@@ -1,15 +1,23 @@
-//! Running the daemon: bind everything, serve, stop on a signal.
+//! Running the daemon: bind everything, serve, reload on request, stop on a signal.
 //!
-//! Order matters: every socket (listeners, metrics) is bound before the daemon reports ready,
-//! and any failure there ends the process with one clear line before anything was served.
+//! Order matters: the downstreams files are read and every socket (listeners, metrics) is
+//! bound before the daemon reports ready, and any failure there ends the process with one
+//! clear line before anything was served. After that, [`crate::events`] drives the control
+//! plane until TERM or INT.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use fanout_config::{Config, Fallback, ListenerConfig, Mode};
-use fanout_control::{Control, Exporter, Plane, http};
+use fanout_control::admin::{self, ControlOps};
+use fanout_control::control_metrics::{ControlStats, ProbeCount};
+use fanout_control::health::HealthChecker;
+use fanout_control::{Control, Exporter, Plane, Reloader, http};
 use fanout_kernel::plane::KernelPlane;
 use fanout_userspace::UserspacePlane;
 use tokio::sync::oneshot;
+
+use crate::events::{Events, Signals};
 
 /// A failure to start.
 #[derive(Debug)]
@@ -21,21 +29,22 @@ impl std::fmt::Display for StartError {
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub fn run(cfg: Config) -> Result<(), StartError> {
+/// Runs until SIGINT or SIGTERM; `path` is the config file `cfg` came from (reloads read it).
+pub fn run(cfg: Config, path: &Path) -> Result<(), StartError> {
     // Current-thread: the control plane runs on the main thread, apart from the workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("cannot start the control runtime: {e}")))?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, path))
 }
 
-async fn serve(cfg: Config) -> Result<(), StartError> {
+async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
     // Install the handlers before anything is announced, so a signal sent as soon as we report
-    // ready is handled rather than killing the process.
+    // ready is handled rather than killing the process (SIGHUP's default is to end it).
     let signals = Signals::install()
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    let files = fanout_control::reload::read_files(&cfg).map_err(|e| StartError(e.to_string()))?;
     let metrics_listener = if cfg.metrics.enabled {
         let l = tokio::net::TcpListener::bind(cfg.metrics.bind)
             .await
@@ -50,6 +59,7 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
     } else {
         None
     };
+    let admin_listener = bind_admin(&cfg).await?;
     let bound = UserspacePlane::bind(&cfg).map_err(|e| StartError(e.to_string()))?;
     let mut kernel = start_kernel(&cfg)?;
     // Everything privileged is done: threads started from here on are born without the rest.
@@ -66,13 +76,34 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
     }
     planes.push(Arc::clone(&plane) as Arc<dyn Plane>);
     let control = Arc::new(Control::new(&cfg, planes));
+    for (name, list) in files {
+        control
+            .set_file(&name, list)
+            .map_err(|e| StartError(format!("listener {name:?}: {e}")))?;
+    }
+    let reloader = Arc::new(Reloader::new(path, cfg.clone(), Arc::clone(&control)));
+    let (health_tx, health_events) = tokio::sync::mpsc::unbounded_channel();
+    let health = Arc::new(HealthChecker::start(health_tx));
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = metrics_listener.map(|l| {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
-        let exporter = Arc::new(Exporter::new(control.snapshot_source()));
+        let mut exporter = Exporter::new(control.snapshot_source());
+        exporter.add_control(control_stats(&control, &reloader, &health));
+        let exporter = Arc::new(exporter);
         tokio::spawn(http::serve(l, http::router(exporter), async {
             let _ = http_stopped.await;
+        }))
+    });
+    let (reload_tx, api_reloads) = crate::events::reload_channel();
+    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+    let admin_task = admin_listener.map(|(l, token)| {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(addr = %addr, "admin API at http://{addr}/v1/listeners");
+        let ops = ControlOps::new(Arc::clone(&control), Arc::clone(&reloader), reload_tx);
+        let server = admin::AdminServer::new(Arc::new(ops), token);
+        tokio::spawn(admin::serve(l, server.router(), async {
+            let _ = admin_stopped.await;
         }))
     });
     tracing::info!(
@@ -82,12 +113,22 @@ async fn serve(cfg: Config) -> Result<(), StartError> {
         kernel_listeners = kernel.as_ref().map_or(0, |k| k.listener_names().len()),
         "udp-fanout ready"
     );
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
-    signals.wait().await;
+    crate::systemd::ready();
+    Events {
+        control: Arc::clone(&control),
+        reloader,
+        signals,
+        api_reloads,
+        health,
+        health_events,
+    }
+    .run()
+    .await;
     tracing::info!("shutting down");
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    crate::systemd::stopping();
     let _ = stop_http.send(());
-    if let Some(t) = http_task {
+    let _ = stop_admin.send(());
+    for t in [http_task, admin_task].into_iter().flatten() {
         let _ = t.await;
     }
     // Detach the kernel programs first: from then on the kernel delivers to the sockets.
@@ -131,33 +172,55 @@ fn start_kernel(cfg: &Config) -> Result<Option<KernelPlane>, StartError> {
     }
 }
 
-fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(state) {
-        tracing::debug!(error = %e, "sd_notify failed");
-    }
+/// Binds the admin API's socket and reads its token, when the config has an `admin:` section.
+async fn bind_admin(
+    cfg: &Config,
+) -> Result<Option<(tokio::net::TcpListener, Option<String>)>, StartError> {
+    let Some(a) = &cfg.admin else {
+        return Ok(None);
+    };
+    let token = a
+        .token_file
+        .as_deref()
+        .map(admin::read_token)
+        .transpose()
+        .map_err(|e| StartError(format!("admin.token_file: {e}")))?;
+    let l = tokio::net::TcpListener::bind(a.bind)
+        .await
+        .map_err(|e| StartError(format!("admin.bind: cannot bind {}: {}", a.bind, lower(&e))))?;
+    Ok(Some((l, token)))
 }
 
-/// SIGTERM and SIGINT, both meaning "stop".
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
+/// What the control plane's metrics read at a scrape.
+fn control_stats(
+    control: &Arc<Control>,
+    reloader: &Arc<Reloader>,
+    health: &Arc<HealthChecker>,
+) -> fanout_control::control_metrics::ControlSource {
+    let (c, r, h) = (
+        Arc::clone(control),
+        Arc::clone(reloader),
+        Arc::clone(health),
+    );
+    Arc::new(move || ControlStats {
+        reloads: r.counts(),
+        panic: c
+            .desired()
+            .listeners()
+            .iter()
+            .map(|l| (l.name().to_owned(), c.panicking(l.name())))
+            .collect(),
+        probes: h
+            .counts()
+            .into_iter()
+            .map(|((listener, addr), n)| ProbeCount {
+                listener,
+                addr,
+                success: n.success,
+                failure: n.failure,
+            })
+            .collect(),
+    })
 }
 
 fn lower(e: &std::io::Error) -> String {

@@ -62,6 +62,7 @@ impl Plane for Fake {
                     packets: 1,
                     bytes: 1,
                     healthy: None,
+                    sessions: None,
                 }],
                 ..ListenerSnapshot::default()
             })

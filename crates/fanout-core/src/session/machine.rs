@@ -20,6 +20,16 @@
 //! opens that socket first and, if it cannot, calls [`SessionMachine::open_failed`], which
 //! undoes the session (or the move) that needed it, exactly as if the machine had found no
 //! port in the first place.
+//!
+//! It also counts, per downstream address, the live sessions pinned to it (for `mirror`: to
+//! the primary), for the admin API's `sessions` of each downstream. The count follows every
+//! session event: +1 when a session is created (or moved) onto a downstream, −1 when it moves
+//! away or ends (expiry, eviction, removal, an open-failure undo), and nothing else, so the
+//! per-datagram path never touches it. Sessions without a binding (per-datagram choice with
+//! replies: each datagram picks anew) count toward no downstream. Counts are by address, not
+//! by index in the set: a session pinned to a downstream that left the set still counts for
+//! it until it is re-pinned or ends. The caller publishes only what changed
+//! ([`SessionMachine::take_pinned_changes`]); [`SessionMachine::pinned_to`] reads any count.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -166,6 +176,78 @@ struct Session {
     local_ip: Option<IpAddr>,
 }
 
+/// Live sessions pinned to each downstream, and which of the counts changed since the caller
+/// last took them. Only addresses with live sessions, or with a change not taken yet, have an
+/// entry: the map is bounded by the downstreams in use, and once grown it takes no allocation
+/// (an entry removed at zero leaves its room for the next).
+#[derive(Debug, Default)]
+struct Pinned {
+    by_downstream: HashMap<SocketAddr, PinnedCount>,
+    /// Addresses whose count changed since [`SessionMachine::take_pinned_changes`], each once.
+    changed: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PinnedCount {
+    live: u64,
+    /// Listed in `changed`.
+    changed: bool,
+}
+
+impl Pinned {
+    fn add(&mut self, downstream: SocketAddr) {
+        self.entry(downstream).live += 1;
+    }
+
+    fn sub(&mut self, downstream: SocketAddr) {
+        let e = self.entry(downstream);
+        debug_assert!(e.live > 0, "a session ended that was never counted");
+        e.live = e.live.saturating_sub(1);
+    }
+
+    /// A session's binding changed from `from` to `to` (either may be none).
+    fn moved(&mut self, from: Option<SocketAddr>, to: Option<SocketAddr>) {
+        if from == to {
+            return;
+        }
+        if let Some(d) = from {
+            self.sub(d);
+        }
+        if let Some(d) = to {
+            self.add(d);
+        }
+    }
+
+    fn entry(&mut self, downstream: SocketAddr) -> &mut PinnedCount {
+        let e = self.by_downstream.entry(downstream).or_default();
+        if !e.changed {
+            e.changed = true;
+            self.changed.push(downstream);
+        }
+        e
+    }
+
+    fn get(&self, downstream: &SocketAddr) -> u64 {
+        self.by_downstream.get(downstream).map_or(0, |e| e.live)
+    }
+
+    fn take_changes(&mut self, mut f: impl FnMut(SocketAddr, u64)) {
+        for d in self.changed.drain(..) {
+            let live = match self.by_downstream.get_mut(&d) {
+                Some(e) => {
+                    e.changed = false;
+                    e.live
+                }
+                None => 0,
+            };
+            if live == 0 {
+                self.by_downstream.remove(&d);
+            }
+            f(d, live);
+        }
+    }
+}
+
 /// A decision that needs a socket the caller has yet to open, kept until the next input so
 /// [`SessionMachine::open_failed`] can take it back.
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +281,8 @@ pub struct SessionMachine {
     cursor: usize,
     /// Lifecycle counts; `active` is filled in by [`counts`](Self::counts).
     counts: Counts,
+    /// Live sessions per downstream.
+    pinned: Pinned,
     pending: Option<Pending>,
 }
 
@@ -215,6 +299,7 @@ impl SessionMachine {
             demux: HashMap::new(),
             cursor: cfg.cursor,
             counts: Counts::default(),
+            pinned: Pinned::default(),
             pending: None,
         }
     }
@@ -248,7 +333,7 @@ impl SessionMachine {
         };
         self.slots.abandon_new(p.slot_key, p.socket);
         self.demux.remove(&(p.socket, p.slot_key));
-        self.table.remove(p.sid);
+        self.end(p.sid);
         if p.created {
             // As if it had never been made: the metrics never see it.
             self.counts.created = self.counts.created.saturating_sub(1);
@@ -288,10 +373,12 @@ impl SessionMachine {
             slots,
             demux,
             counts,
+            pinned,
             ..
         } = self;
         table.expire(now, budget, |_, client, s| {
             release(slots, demux, &s);
+            pinned.moved(downstream(&s), None);
             counts.expired += 1;
             on_end(ended(client, &s, EndReason::Expired));
         })
@@ -319,6 +406,19 @@ impl SessionMachine {
     /// True when there are no sessions.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+
+    /// Live sessions pinned to `downstream` (for `mirror`: with it as their primary), whether
+    /// or not it is in the current set. Sessions without a binding count for no downstream.
+    pub fn pinned_to(&self, downstream: &SocketAddr) -> u64 {
+        self.pinned.get(downstream)
+    }
+
+    /// Calls `f` with every downstream whose [`pinned_to`](Self::pinned_to) count changed since
+    /// the last call, and its count now (0 included, once), each downstream once. Costs nothing
+    /// when no session began, moved or ended in between; allocates nothing.
+    pub fn take_pinned_changes(&mut self, f: impl FnMut(SocketAddr, u64)) {
+        self.pinned.take_changes(f);
     }
 
     /// Upstream sockets the caller should have open: the pool's size.
@@ -365,6 +465,7 @@ impl SessionMachine {
             // needs when the pool is at its limit.
             if let Some((_, _, old)) = self.table.pop_lru() {
                 release(&mut self.slots, &mut self.demux, &old);
+                self.pinned.moved(downstream(&old), None);
                 self.counts.evicted += 1;
             }
         }
@@ -392,6 +493,7 @@ impl SessionMachine {
             self.demux.insert(u, sid);
         }
         self.counts.created += 1;
+        self.pinned.moved(None, binding.map(|b| b.downstream));
         if let Some(a) = acquired.filter(|a| a.new) {
             self.pending = Some(Pending {
                 sid,
@@ -434,6 +536,7 @@ impl SessionMachine {
             Resolved::Same(i) => i,
             Resolved::Repinned { from, to } => {
                 self.counts.repinned += 1;
+                self.pinned.moved(Some(from), Some(b.downstream));
                 if let Some((k, slot_key)) = s.upstream
                     && slot_key == from
                 {
@@ -463,7 +566,7 @@ impl SessionMachine {
         let Some(a) = self.slots.acquire(to) else {
             // No port for the new downstream: end the session (its old slot is already free);
             // the client's next datagram starts a new one.
-            self.table.remove(sid);
+            self.end(sid);
             self.counts.removed += 1;
             return Err(DropReason::NoUpstreamPort);
         };
@@ -514,6 +617,14 @@ impl SessionMachine {
         }
     }
 
+    /// Ends session `sid` outside expiry and eviction (removal, an undo): it leaves the table
+    /// and its downstream's count. Its port slot is the caller's to free.
+    fn end(&mut self, sid: SessionId) {
+        if let Some((_, s)) = self.table.remove(sid) {
+            self.pinned.moved(downstream(&s), None);
+        }
+    }
+
     fn pinned_target(&self, index: u32) -> Target {
         if self.mirror {
             Target::All
@@ -560,10 +671,15 @@ fn release(slots: &mut PortSlots, demux: &mut HashMap<(u32, SocketAddr), Session
     }
 }
 
+/// The downstream a session is pinned to, if any.
+fn downstream(s: &Session) -> Option<SocketAddr> {
+    s.binding.map(|b| b.downstream)
+}
+
 fn ended(client: SocketAddr, s: &Session, reason: EndReason) -> Ended {
     Ended {
         client,
-        downstream: s.binding.map(|b| b.downstream),
+        downstream: downstream(s),
         port: s.upstream.map(|(k, _)| k),
         reason,
     }
@@ -571,7 +687,7 @@ fn ended(client: SocketAddr, s: &Session, reason: EndReason) -> Ended {
 
 fn info(s: &Session) -> SessionInfo {
     SessionInfo {
-        downstream: s.binding.map(|b| b.downstream),
+        downstream: downstream(s),
         port: s.upstream.map(|(k, _)| k),
         local_ip: s.local_ip,
     }

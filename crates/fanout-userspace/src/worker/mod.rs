@@ -417,7 +417,7 @@ impl Worker {
         let now = self.now_ms();
         for port in self.ports.iter_mut().flatten() {
             if let Some(s) = port.sessions.as_mut() {
-                s.expire(port.shared.stats().slot(self.id), now, SWEEP_BUDGET);
+                s.expire(self.id, &port.shared, now, SWEEP_BUDGET);
             }
         }
     }

@@ -6,6 +6,13 @@
 //! Sessions are per worker: the kernel's SO_REUSEPORT hash sends a client to the same worker
 //! every time, and the upstream sockets a worker opens are polled by that worker only, so
 //! replies come back to the thread that owns the session and nothing needs a lock.
+//!
+//! Each downstream's `sessions` (live sessions pinned to it) is a per-worker gauge in its
+//! [`EndpointStats`](crate::stats::EndpointStats): after a batch or a sweep, the worker stores
+//! the machine's count of every downstream whose count changed (nothing when no session began,
+//! moved or ended), and all of them when it takes up a new downstream set, since a downstream
+//! that left and came back has fresh counters. A sweep (every 250 ms) also looks at the set,
+//! so a new set is published within that even without traffic.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
@@ -19,7 +26,7 @@ use mio::{Interest, Poll};
 
 use super::forward::{Ctx, Egress, each_datagram, flush, push_copy, send_plan};
 use super::{Buffers, LogLimiter, upstream_token};
-use crate::listener::ListenerShared;
+use crate::listener::{ActiveSet, ListenerShared};
 use crate::stats::ListenerCounters;
 use crate::sys::socket;
 
@@ -44,6 +51,9 @@ pub(crate) struct Sessions {
     /// The machine's counts as last added to the listener's counters: the machine counts
     /// from zero, the counters of a listener outlive it.
     published: SessionCounts,
+    /// Generation of the downstream set the per-downstream session gauges were last written
+    /// for (0: none yet).
+    pinned_generation: u64,
 }
 
 impl Sessions {
@@ -71,6 +81,7 @@ impl Sessions {
             dual_stack: None,
             open_errors: LogLimiter::default(),
             published: SessionCounts::default(),
+            pinned_generation: 0,
         }
     }
 
@@ -131,11 +142,13 @@ impl Sessions {
         });
         send_plan(&ctx, recv, plan, egress);
         self.flush_upstream(&ctx, bufs);
-        self.publish(counters);
+        self.publish(id, counters, &ctx.active);
     }
 
-    /// Copies the machine's session counts into the listener's counters.
-    fn publish(&mut self, counters: &ListenerCounters) {
+    /// Copies the machine's session counts into the listener's counters, and the
+    /// per-downstream ones into the gauges of `active`, the set the worker works with.
+    fn publish(&mut self, id: usize, counters: &ListenerCounters, active: &ActiveSet) {
+        self.publish_pinned(id, active);
         let c = self.machine.counts();
         let now = c.sessions();
         let was = self.published;
@@ -149,6 +162,26 @@ impl Sessions {
         });
         self.published = now;
         counters.set_sessions_active(c.active as usize);
+    }
+
+    /// Stores this worker's sessions per downstream into the gauges of `active`'s endpoints:
+    /// those that changed, or all of them when `active` is a set not written yet. A downstream
+    /// outside the set is not listed in snapshots; its count is written once it is back.
+    fn publish_pinned(&mut self, id: usize, active: &ActiveSet) {
+        let set = &active.set;
+        if active.generation == self.pinned_generation {
+            self.machine.take_pinned_changes(|d, n| {
+                if let Some(s) = set.position(&d).and_then(|i| active.stats.get(i as usize)) {
+                    s.set_sessions(id, n);
+                }
+            });
+            return;
+        }
+        self.machine.take_pinned_changes(|_, _| {});
+        for (e, s) in set.endpoints().iter().zip(active.stats.iter()) {
+            s.set_sessions(id, self.machine.pinned_to(&e.addr));
+        }
+        self.pinned_generation = active.generation;
     }
 
     /// Sends the batch's datagrams bound for upstream sockets: one `sendmmsg` per socket.
@@ -272,11 +305,11 @@ impl Sessions {
         self.machine.on_reply(k, src, set, now)
     }
 
-    /// Ends sessions idle past the timeout (at most `budget`). Upstream sockets are pooled,
-    /// not per session, so nothing is closed here.
-    pub(crate) fn expire(&mut self, counters: &ListenerCounters, now: u64, budget: usize) {
+    /// Ends sessions idle past the timeout (at most `budget`) and publishes the counts of
+    /// worker `id`. Upstream sockets are pooled, not per session, so nothing is closed here.
+    pub(crate) fn expire(&mut self, id: usize, shared: &ListenerShared, now: u64, budget: usize) {
         self.machine.expire(now, budget, |_| {});
-        self.publish(counters);
+        self.publish(id, shared.stats().slot(id), &shared.backends());
     }
 }
 

@@ -1,6 +1,7 @@
 //! Random sequences of client datagrams, replies, set changes, clock advances, sweeps and
 //! failed socket opens, driven the way a data plane drives the machine, with its invariants
-//! checked after every step.
+//! checked after every step; now and then the per-downstream session counts are published the
+//! way a worker does, and what was published must match.
 
 use hashbrown::HashMap;
 use proptest::prelude::*;
@@ -42,6 +43,8 @@ enum Op {
     },
     Advance(u64),
     Expire(usize),
+    /// Take the per-downstream count changes, as a worker does after a batch.
+    Publish,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(present, draining, rotate)| Op::SetChange { present, draining, rotate }),
         2 => (0u64..700).prop_map(Op::Advance),
         1 => (1usize..6).prop_map(Op::Expire),
+        2 => Just(Op::Publish),
     ]
 }
 
@@ -110,6 +114,8 @@ struct Io {
     now: u64,
     /// Upstream sockets it opened.
     opened: u32,
+    /// The per-downstream session counts as last published.
+    published: HashMap<SocketAddr, u64>,
 }
 
 fn check(m: &SessionMachine, io: &Io) -> Result<(), TestCaseError> {
@@ -134,6 +140,55 @@ fn check(m: &SessionMachine, io: &Io) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(m.demux.len() as u64, with_port);
     prop_assert_eq!(m.slots.total_in_use(), with_port, "no slot leaks");
+    // Per-downstream counts: exactly the live sessions pinned there, so they add up to the
+    // sessions with a binding.
+    let mut pinned: HashMap<SocketAddr, u64> = HashMap::new();
+    for (_, s) in m.sessions() {
+        if let Some(d) = s.downstream {
+            *pinned.entry(d).or_default() += 1;
+        }
+    }
+    let bound: u64 = pinned.values().sum();
+    let counted: u64 = m.pinned.by_downstream.values().map(|e| e.live).sum();
+    prop_assert_eq!(counted, bound, "the counts add up to the pinned sessions");
+    if m.exclusive {
+        prop_assert_eq!(bound, 0, "per-datagram sessions are pinned nowhere");
+    } else {
+        prop_assert_eq!(bound, c.active, "every other session is pinned");
+    }
+    for i in 0..=POOL {
+        let d = ds(i);
+        prop_assert_eq!(m.pinned_to(&d), pinned.get(&d).copied().unwrap_or(0));
+    }
+    for (d, e) in &m.pinned.by_downstream {
+        prop_assert!(e.live > 0 || e.changed, "{d}: a stale entry");
+        prop_assert_eq!(e.changed, m.pinned.changed.contains(d));
+    }
+    prop_assert!(m.pinned.changed.len() <= m.pinned.by_downstream.len());
+    Ok(())
+}
+
+/// Takes the changes into `io.published` and checks it now holds every count.
+fn publish(m: &mut SessionMachine, io: &mut Io) -> Result<(), TestCaseError> {
+    let mut seen = Vec::new();
+    m.take_pinned_changes(|d, n| {
+        seen.push(d);
+        io.published.insert(d, n);
+    });
+    let before = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    prop_assert_eq!(seen.len(), before, "each downstream reported once");
+    for i in 0..=POOL {
+        let d = ds(i);
+        prop_assert_eq!(
+            io.published.get(&d).copied().unwrap_or(0),
+            m.pinned_to(&d),
+            "published {}",
+            d
+        );
+    }
+    prop_assert!(m.pinned.changed.is_empty());
     Ok(())
 }
 
@@ -231,6 +286,7 @@ fn run(cfg: MachineConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         generation: 1,
         now: 0,
         opened: 0,
+        published: HashMap::new(),
     };
     for op in ops {
         match op {
@@ -258,10 +314,11 @@ fn run(cfg: MachineConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(e.reason, EndReason::Expired);
                 }
             }
+            Op::Publish => publish(&mut m, &mut io)?,
         }
         check(&m, &io)?;
     }
-    Ok(())
+    publish(&mut m, &mut io)
 }
 
 proptest! {

@@ -416,3 +416,162 @@ fn counts_map_to_the_metrics_counters() {
     );
     assert!(balanced(&c));
 }
+
+/// Live sessions pinned to `ds(p)` for each of `ports`.
+fn pinned(r: &Rig, ports: &[u16]) -> Vec<u64> {
+    ports.iter().map(|&p| r.m.pinned_to(&ds(p))).collect()
+}
+
+/// What changed since the last call, as (downstream port, count), by port.
+fn pinned_changes(r: &mut Rig) -> Vec<(u16, u64)> {
+    let mut v = Vec::new();
+    r.m.take_pinned_changes(|d, n| v.push((d.port(), n)));
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn pinned_counts_follow_creation_repin_and_expiry() {
+    let mut config = cfg(RR, true, true);
+    config.idle_ms = 1_000;
+    let mut r = Rig::new(config, set(RR, &[1, 2]));
+    for p in 1..=4 {
+        r.datagram(p, 0);
+    }
+    assert_eq!(pinned(&r, &[1, 2]), [2, 2]);
+    assert_eq!(pinned_changes(&mut r), [(1, 2), (2, 2)]);
+    assert_eq!(pinned_changes(&mut r), [], "each change is reported once");
+    // Traffic of live sessions changes no count.
+    r.datagram(1, 100);
+    r.reply(0, ds(1), 100);
+    assert_eq!(pinned_changes(&mut r), []);
+    // ds(1) leaves: its sessions move one by one, on their next datagram.
+    r.change(set(RR, &[2, 3]));
+    assert_eq!(pinned(&r, &[1, 2, 3]), [2, 2, 0], "nothing moved yet");
+    r.datagram(1, 200);
+    let to = r.m.session(&client(1)).and_then(|s| s.downstream).unwrap();
+    assert_ne!(to, ds(1));
+    assert_eq!(r.m.pinned_to(&ds(1)), 1);
+    assert_eq!(
+        r.m.pinned_to(&ds(2)) + r.m.pinned_to(&ds(3)),
+        3,
+        "moved, not added"
+    );
+    let changes = pinned_changes(&mut r);
+    assert_eq!(changes.len(), 2);
+    assert!(changes.contains(&(1, 1)) && changes.contains(&(to.port(), r.m.pinned_to(&to))));
+    r.datagram(3, 200);
+    assert_eq!(r.m.pinned_to(&ds(1)), 0);
+    assert_eq!(r.m.counts().repinned, 2);
+    // Client 1 and 3 were seen at 200, 2 and 4 at 0: those two expire first.
+    assert_eq!(r.m.expire(1_000, 10, |_| {}), 2);
+    assert_eq!(r.m.pinned_to(&ds(2)) + r.m.pinned_to(&ds(3)), 2);
+    assert_eq!(r.m.expire(1_200, 10, |_| {}), 2);
+    assert_eq!(pinned(&r, &[1, 2, 3]), [0, 0, 0]);
+    let changes = pinned_changes(&mut r);
+    assert!(changes.iter().all(|&(_, n)| n == 0), "{changes:?}");
+    assert!(
+        r.m.pinned.by_downstream.is_empty(),
+        "no entry outlives its sessions"
+    );
+}
+
+#[test]
+fn pinned_counts_follow_eviction() {
+    let mut config = cfg(RR, true, false);
+    config.max_sessions = 2;
+    let mut r = Rig::new(config, set(RR, &[1, 2]));
+    r.datagram(1, 0);
+    r.datagram(2, 0);
+    assert_eq!(pinned(&r, &[1, 2]), [1, 1]);
+    // Client 3 evicts client 1 (on ds(1)) and lands on ds(1) itself: round-robin came back.
+    assert_eq!(r.datagram(3, 2_000), send(0, None));
+    assert_eq!(r.m.counts().evicted, 1);
+    assert_eq!(pinned(&r, &[1, 2]), [1, 1]);
+    // Client 4 evicts client 2 (on ds(2)) and lands on ds(2).
+    r.datagram(4, 3_000);
+    r.datagram(5, 4_000);
+    assert_eq!(r.m.counts().evicted, 3);
+    assert_eq!(r.m.pinned_to(&ds(1)) + r.m.pinned_to(&ds(2)), 2);
+    let by_sessions = |d| {
+        r.m.sessions()
+            .filter(|(_, s)| s.downstream == Some(d))
+            .count() as u64
+    };
+    assert_eq!(r.m.pinned_to(&ds(1)), by_sessions(ds(1)));
+    assert_eq!(r.m.pinned_to(&ds(2)), by_sessions(ds(2)));
+}
+
+#[test]
+fn a_failed_open_takes_back_its_pinned_count() {
+    let mut r = Rig::new(cfg(RR, true, true), set(RR, &[1, 2]));
+    assert_eq!(r.datagram(1, 0), send(0, new(0)));
+    r.m.open_failed(fresh(0));
+    assert_eq!(pinned(&r, &[1, 2]), [0, 0]);
+    // Reported (as zero) even though it came back where it was: the caller just republishes.
+    assert_eq!(pinned_changes(&mut r), [(1, 0)]);
+    // After a re-pin: the session ends on its new downstream, the old one lost it already.
+    let mut r = Rig::new(cfg(RR, true, true), set(RR, &[1, 2]));
+    r.datagram(1, 0);
+    r.datagram(2, 0);
+    r.change(set(RR, &[2]));
+    assert_eq!(r.datagram(1, 1), send(0, new(1)));
+    assert_eq!(pinned(&r, &[1, 2]), [0, 2]);
+    r.m.open_failed(fresh(1));
+    assert_eq!(pinned(&r, &[1, 2]), [0, 1]);
+    assert_eq!(r.m.len(), 1);
+}
+
+#[test]
+fn a_repin_without_a_port_for_the_new_downstream_ends_the_count_too() {
+    // One port: ds(2)'s only slot is taken by client 2, so client 1 cannot move there.
+    let mut config = cfg(RR, true, true);
+    config.max_upstream_ports = 1;
+    let mut r = Rig::new(config, set(RR, &[1, 2]));
+    r.datagram(1, 0);
+    r.datagram(2, 0);
+    r.change(set(RR, &[2]));
+    assert_eq!(r.datagram(1, 1), Action::Drop(DropReason::NoUpstreamPort));
+    assert_eq!(r.m.counts().removed, 1);
+    assert_eq!(pinned(&r, &[1, 2]), [0, 1]);
+}
+
+#[test]
+fn mirror_sessions_count_for_their_primary() {
+    let mir = Distribution::Mirror;
+    let mut r = Rig::new(cfg(mir, true, true), set(mir, &[1, 2, 3]));
+    r.datagram(1, 0);
+    r.datagram(2, 0);
+    assert_eq!(
+        pinned(&r, &[1, 2, 3]),
+        [2, 0, 0],
+        "shadows have no sessions"
+    );
+    r.change(set(mir, &[2, 3]));
+    r.datagram(1, 1);
+    assert_eq!(pinned(&r, &[1, 2, 3]), [1, 1, 0]);
+}
+
+#[test]
+fn sessions_without_a_binding_count_for_no_downstream() {
+    let mut r = Rig::new(cfg(RR, false, true), set(RR, &[1, 2]));
+    for p in 1..=3 {
+        r.datagram(p, 0);
+    }
+    assert_eq!(r.m.len(), 3);
+    assert_eq!(pinned(&r, &[1, 2]), [0, 0]);
+    assert_eq!(pinned_changes(&mut r), []);
+}
+
+#[test]
+fn a_session_left_without_downstream_still_counts_for_its_own() {
+    let mut r = Rig::new(cfg(RR, true, true), set(RR, &[1]));
+    r.datagram(1, 0);
+    r.change(BackendSet::empty(RR));
+    assert_eq!(r.datagram(1, 1), Action::Drop(DropReason::NoDownstream));
+    assert_eq!(
+        r.m.pinned_to(&ds(1)),
+        1,
+        "it stands, pinned, until it ends or moves"
+    );
+}
