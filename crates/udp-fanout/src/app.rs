@@ -45,30 +45,8 @@ async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
     let signals = Signals::install()
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let files = fanout_control::reload::read_files(&cfg).map_err(|e| StartError(e.to_string()))?;
-    let metrics_listener = if cfg.metrics.enabled {
-        let l = tokio::net::TcpListener::bind(cfg.metrics.bind)
-            .await
-            .map_err(|e| {
-                StartError(format!(
-                    "metrics.bind: cannot bind {}: {}",
-                    cfg.metrics.bind,
-                    lower(&e)
-                ))
-            })?;
-        Some(l)
-    } else {
-        None
-    };
-    let admin_listener = bind_admin(&cfg).await?;
-    let bound = UserspacePlane::bind(&cfg).map_err(|e| StartError(e.to_string()))?;
-    let mut kernel = start_kernel(&cfg)?;
-    // Everything privileged is done: threads started from here on are born without the rest.
-    crate::privileges::drop_unneeded();
-    let plane = Arc::new(bound.run().map_err(|e| StartError(e.to_string()))?);
-    if let Some(k) = kernel.as_mut() {
-        k.watch_routes();
-    }
-    let kernel = kernel.map(Arc::new);
+    let sockets = Sockets::bind(&cfg).await?;
+    let (plane, kernel) = start_planes(&cfg)?;
     let mut planes: Vec<Arc<dyn Plane>> = Vec::new();
     // The kernel plane first: if it refuses a new set, the userspace plane is not touched.
     if let Some(k) = &kernel {
@@ -84,28 +62,8 @@ async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
     let reloader = Arc::new(Reloader::new(path, cfg.clone(), Arc::clone(&control)));
     let (health_tx, health_events) = tokio::sync::mpsc::unbounded_channel();
     let health = Arc::new(HealthChecker::start(health_tx));
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let http_task = metrics_listener.map(|l| {
-        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
-        let mut exporter = Exporter::new(control.snapshot_source());
-        exporter.add_control(control_stats(&control, &reloader, &health));
-        let exporter = Arc::new(exporter);
-        tokio::spawn(http::serve(l, http::router(exporter), async {
-            let _ = http_stopped.await;
-        }))
-    });
     let (reload_tx, api_reloads) = crate::events::reload_channel();
-    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-    let admin_task = admin_listener.map(|(l, token)| {
-        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(addr = %addr, "admin API at http://{addr}/v1/listeners");
-        let ops = ControlOps::new(Arc::clone(&control), Arc::clone(&reloader), reload_tx);
-        let server = admin::AdminServer::new(Arc::new(ops), token);
-        tokio::spawn(admin::serve(l, server.router(), async {
-            let _ = admin_stopped.await;
-        }))
-    });
+    let endpoints = sockets.serve(&control, &reloader, &health, reload_tx);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listeners = plane.listeners().len(),
@@ -126,11 +84,7 @@ async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
     .await;
     tracing::info!("shutting down");
     crate::systemd::stopping();
-    let _ = stop_http.send(());
-    let _ = stop_admin.send(());
-    for t in [http_task, admin_task].into_iter().flatten() {
-        let _ = t.await;
-    }
+    endpoints.stop().await;
     // Detach the kernel programs first: from then on the kernel delivers to the sockets.
     drop(control);
     drop(kernel);
@@ -140,6 +94,115 @@ async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the listeners and starts both planes; privileges not needed after this are dropped
+/// here, before the workers start, so no worker thread is born with them.
+fn start_planes(
+    cfg: &Config,
+) -> Result<(Arc<UserspacePlane>, Option<Arc<KernelPlane>>), StartError> {
+    let bound = UserspacePlane::bind(cfg).map_err(|e| StartError(e.to_string()))?;
+    let mut kernel = start_kernel(cfg)?;
+    crate::privileges::drop_unneeded();
+    let plane = Arc::new(bound.run().map_err(|e| StartError(e.to_string()))?);
+    if let Some(k) = kernel.as_mut() {
+        k.watch_routes();
+    }
+    Ok((plane, kernel.map(Arc::new)))
+}
+
+/// The TCP endpoints (metrics, admin API), bound before the planes start so a port in use
+/// fails start-up before anything is served.
+struct Sockets {
+    metrics: Option<tokio::net::TcpListener>,
+    admin: Option<(tokio::net::TcpListener, Option<String>)>,
+}
+
+/// The endpoints' tasks and how to stop them.
+struct Endpoints {
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Sockets {
+    async fn bind(cfg: &Config) -> Result<Sockets, StartError> {
+        let metrics = match cfg.metrics.enabled {
+            true => Some(
+                tokio::net::TcpListener::bind(cfg.metrics.bind)
+                    .await
+                    .map_err(|e| {
+                        StartError(format!(
+                            "metrics.bind: cannot bind {}: {}",
+                            cfg.metrics.bind,
+                            lower(&e)
+                        ))
+                    })?,
+            ),
+            false => None,
+        };
+        Ok(Sockets {
+            metrics,
+            admin: bind_admin(cfg).await?,
+        })
+    }
+
+    /// Starts serving the metrics endpoint and the admin API on their sockets.
+    fn serve(
+        self,
+        control: &Arc<Control>,
+        reloader: &Arc<Reloader>,
+        health: &Arc<HealthChecker>,
+        reloads: tokio::sync::mpsc::UnboundedSender<admin::ReloadRequest>,
+    ) -> Endpoints {
+        let mut e = Endpoints {
+            stop: Vec::new(),
+            tasks: Vec::new(),
+        };
+        if let Some(l) = self.metrics {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
+            let mut exporter = Exporter::new(control.snapshot_source());
+            exporter.add_control(control_stats(control, reloader, health));
+            let router = http::router(Arc::new(exporter));
+            e.spawn(|stopped| http::serve(l, router, stopped));
+        }
+        if let Some((l, token)) = self.admin {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(addr = %addr, "admin API at http://{addr}/v1/listeners");
+            let ops = ControlOps::new(Arc::clone(control), Arc::clone(reloader), reloads);
+            let router = admin::AdminServer::new(Arc::new(ops), token).router();
+            e.spawn(|stopped| admin::serve(l, router, stopped));
+        }
+        e
+    }
+}
+
+impl Endpoints {
+    /// Spawns `serve`, which runs until the future it is given completes.
+    fn spawn<F>(
+        &mut self,
+        serve: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    ) where
+        F: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<()>();
+        self.stop.push(tx);
+        self.tasks.push(tokio::spawn(serve(Box::pin(async {
+            let _ = rx.await;
+        }))));
+    }
+
+    /// Stops every endpoint and waits for them.
+    async fn stop(self) {
+        for s in self.stop {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            if let Ok(Err(e)) = t.await {
+                tracing::warn!(error = %e, "an HTTP endpoint ended with an error");
+            }
+        }
+    }
 }
 
 /// Starts the kernel plane for the `xdp`/`tc_ebpf` listeners. When it cannot start and every

@@ -10,7 +10,6 @@
 //! last layer ([`json_errors`]) rewrites any error response that is not JSON yet (a 405 from
 //! the router, a rejection that slipped through), so no client ever sees a plain-text body.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +25,6 @@ use axum::routing::{get, patch, post};
 use fanout_config::MAX_WEIGHT;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
 
 use super::ops::{AdminError, AdminOps};
 use super::types::{AddDownstream, ErrorBody, MAX_BODY_BYTES, PatchDownstream, StatusBody};
@@ -90,16 +88,8 @@ impl AdminServer {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
+/// Serves `router` on `listener` until `shutdown` completes: the same server as `/metrics`.
+pub use crate::http::serve;
 
 /// Reads a bearer token from `path` (`admin.token_file`, `ctl --token-file`): the file's text
 /// with surrounding whitespace (a trailing newline) trimmed. Refuses an empty token, and one
