@@ -197,6 +197,23 @@ impl Control {
         })
     }
 
+    /// Many health verdicts at once, with one sync: at start, or when a switch fails, a
+    /// checker reports thousands of changes together, and one sync per change would recompute
+    /// every set thousands of times. Verdicts for listeners that are gone are ignored.
+    pub fn set_health_many(
+        &self,
+        verdicts: &[(String, SocketAddr, Health)],
+    ) -> Result<(), ControlError> {
+        let now = self.now();
+        let mut st = lock(&self.state);
+        for (name, addr, health) in verdicts {
+            if let Some(l) = st.desired.listener_mut(name) {
+                l.set_health(*addr, *health);
+            }
+        }
+        self.sync_locked(&mut st, now)
+    }
+
     /// A reloaded config's desired part: static lists and drain times of the listeners that
     /// stay, new listeners, removed ones forgotten. The caller has already made the planes
     /// serve exactly `cfg`'s listeners.
@@ -309,6 +326,16 @@ impl Control {
             }
         }
         snaps
+    }
+
+    /// What the health checks last said about listener `name`'s downstream `addr`, as of
+    /// the last sync.
+    pub fn health(&self, name: &str, addr: SocketAddr) -> Health {
+        lock(&self.view)
+            .health
+            .get(&(name.to_owned(), addr))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Whether listener `name` serves all active downstreams because none is healthy.

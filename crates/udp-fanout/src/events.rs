@@ -15,7 +15,7 @@ use std::time::Duration;
 use fanout_config::HealthConfig;
 use fanout_control::health::{HealthChecker, HealthEvent};
 use fanout_control::watch::FileWatch;
-use fanout_control::{Control, Reloader};
+use fanout_control::{Control, Health, Reloader};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -98,10 +98,10 @@ impl Events {
                     let _ = reply.send(r);
                 }
                 Some(ev) = self.health_events.recv() => {
-                    tracing::info!(listener = %ev.listener, endpoint = %ev.addr, health = ev.health.as_str(), "downstream health changed");
-                    if let Err(e) = self.control.set_health(&ev.listener, ev.addr, ev.health) {
-                        tracing::debug!(error = %e, "health of a downstream no longer served");
-                    }
+                    self.apply_health(ev);
+                    // Verdicts change no probe target: no need to re-aim the checker.
+                    next_sync = self.sync();
+                    continue;
                 }
                 _ = tokio::time::sleep(next_sync) => {}
                 _ = async { dog.as_mut()?.tick().await; Some(()) }, if dog.is_some() => {
@@ -111,6 +111,30 @@ impl Events {
             }
             next_sync = self.sync();
             self.aim_health(&mut targets);
+        }
+    }
+
+    /// Applies `first` and every verdict already waiting behind it, in one sync.
+    fn apply_health(&mut self, first: HealthEvent) {
+        let mut batch = vec![first];
+        while let Ok(ev) = self.health_events.try_recv() {
+            batch.push(ev);
+        }
+        for ev in &batch {
+            // A first verdict of healthy is what everyone expects; say it only at debug level.
+            let was = self.control.health(&ev.listener, ev.addr);
+            if was == Health::Unknown && ev.health == Health::Healthy {
+                tracing::debug!(listener = %ev.listener, endpoint = %ev.addr, "downstream healthy");
+            } else {
+                tracing::info!(listener = %ev.listener, endpoint = %ev.addr, health = ev.health.as_str(), "downstream health changed");
+            }
+        }
+        let verdicts: Vec<_> = batch
+            .into_iter()
+            .map(|ev| (ev.listener, ev.addr, ev.health))
+            .collect();
+        if let Err(e) = self.control.set_health_many(&verdicts) {
+            tracing::error!(error = %e, "cannot apply the health checks' verdicts");
         }
     }
 
