@@ -79,10 +79,7 @@ async fn a_dead_port_fails_at_once_and_a_revived_one_rises() {
     assert_eq!(counts.len(), 1);
     let ((listener, a), c) = &counts[0];
     assert_eq!((listener.as_str(), *a), ("l", addr));
-    assert!(
-        c.success > rise as u64 && c.failure >= fall as u64,
-        "{c:?}"
-    );
+    assert!(c.success > rise as u64 && c.failure >= fall as u64, "{c:?}");
     assert_eq!(hc.udp_sockets(), 1);
     back.stop().await;
 }

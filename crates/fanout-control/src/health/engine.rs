@@ -243,17 +243,18 @@ impl Engine {
                 spec.port.unwrap_or(t.addr.port()),
             ))
         });
-        if t.udp.map(|(d, _)| d) != dest {
+        let dest_changed = t.udp.map(|(d, _)| d) != dest;
+        let probe_changed = t.spec.protocol != spec.protocol || t.spec.send != spec.send;
+        if !fresh && (probe_changed || dest_changed) {
+            for (_, key) in t.inflight.drain(..) {
+                self.inflight.remove(&key);
+            }
+        }
+        if dest_changed {
             if let Some((old, slot)) = t.udp.take() {
                 self.udp.release(old, slot);
             }
             t.udp = dest.map(|d| (d, self.udp.assign(d)));
-        }
-        let probe_changed = t.spec.protocol != spec.protocol || t.spec.send != spec.send;
-        if !fresh && probe_changed {
-            for (_, key) in t.inflight.drain(..) {
-                self.inflight.remove(&key);
-            }
         }
         if fresh || t.spec.interval != spec.interval {
             t.generation += 1;
@@ -354,7 +355,7 @@ impl Engine {
     fn free_seq(&mut self, ip: IpAddr) -> u16 {
         let dest = ip_key(ip);
         let mut seq = self.icmp.next_seq(ip.is_ipv6());
-        // At most one probe per target is in flight, so a free number is near.
+        // Probes in flight are few next to 65,536 numbers: a free one is near.
         for _ in 0..u16::MAX {
             if !self.inflight.contains_key(&ProbeKey::Icmp { dest, seq }) {
                 break;

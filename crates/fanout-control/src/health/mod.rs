@@ -23,10 +23,13 @@
 //!   `fall` consecutive failures, and `Healthy` again after `rise` consecutive successes.
 //!
 //! Detection: a downstream that stops answering is unhealthy within `fall × interval +
-//! timeout` (the last of `fall` probes times out), one whose port is closed within `fall ×
-//! interval` (each probe fails on the ICMP error). Hosts rate-limit ICMP errors (Linux:
-//! `net.ipv4.icmp_msgs_per_sec`, except over loopback), so with very many closed ports some
-//! probes fall back to the timeout, still within the bound.
+//! timeout` (the last of `fall` probes times out; probes keep their rate even when `timeout`
+//! exceeds `interval`), one whose port is closed or whose host is unreachable within `fall ×
+//! interval` (each probe fails on its ICMP error). Hosts limit the ICMP errors they send
+//! (Linux: `net.ipv4.icmp_ratelimit` per destination except over loopback,
+//! `icmp_msgs_per_sec` in all; a router's unreachables for a route, 5 then 1 a second per
+//! source), so with many closed ports or dead hosts some probes fall back to the timeout,
+//! still within the first bound.
 //!
 //! Runs on the caller's tokio runtime (the control plane's small one): the engine never
 //! blocks, and the lock is held for one step at a time (a non-blocking `sendto` at most).
@@ -132,6 +135,12 @@ impl Drop for HealthChecker {
         self.timer.abort();
     }
 }
+
+// The control plane shares it between tasks and threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<HealthChecker>();
+};
 
 /// The timer task: fires due timers, then sleeps until the next one or until
 /// [`HealthChecker::set_targets`] rings.
