@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use fanout_config::{Config, DownstreamConfig};
 use fanout_core::select::Endpoint;
-use fanout_core::{ListenerSnapshot, merge_snapshots};
+use fanout_core::{EndpointSnapshot, ListenerSnapshot, merge_snapshots};
 
 use crate::desired::{AdminState, ChangeError, Desired, Health};
 use crate::metrics::SnapshotSource;
@@ -313,6 +313,10 @@ impl Control {
 
     /// Every listener's counters, summed over the planes (a kernel-plane listener's fast path
     /// and slow path are one listener to its users), with each downstream's health.
+    ///
+    /// An unhealthy downstream is left out of the set the planes serve, so their snapshots do
+    /// not list it; it is added here (nothing sent to it since it left, health 0), or
+    /// `udp_fanout_downstream_health` would never read 0 outside fail open.
     pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
         let mut snaps = merge_snapshots(self.planes().iter().flat_map(|p| p.snapshot()));
         let view = lock(&self.view);
@@ -324,6 +328,26 @@ impl Control {
                     _ => d.healthy,
                 };
             }
+            let listed: std::collections::HashSet<SocketAddr> =
+                s.downstreams.iter().map(|d| d.addr).collect();
+            let mut sick: Vec<SocketAddr> = view
+                .health
+                .iter()
+                .filter(|((name, addr), h)| {
+                    *name == s.name && **h == Health::Unhealthy && !listed.contains(addr)
+                })
+                .map(|((_, addr), _)| *addr)
+                .collect();
+            sick.sort_unstable();
+            let sessions = s.sessions_active.map(|_| 0);
+            s.downstreams
+                .extend(sick.into_iter().map(|addr| EndpointSnapshot {
+                    addr,
+                    packets: 0,
+                    bytes: 0,
+                    healthy: Some(false),
+                    sessions,
+                }));
         }
         snaps
     }

@@ -103,7 +103,7 @@ fn start_planes(
 ) -> Result<(Arc<UserspacePlane>, Option<Arc<KernelPlane>>), StartError> {
     let bound = UserspacePlane::bind(cfg).map_err(|e| StartError(e.to_string()))?;
     let mut kernel = start_kernel(cfg)?;
-    crate::privileges::drop_unneeded();
+    crate::privileges::drop_unneeded(cfg);
     let plane = Arc::new(bound.run().map_err(|e| StartError(e.to_string()))?);
     if let Some(k) = kernel.as_mut() {
         k.watch_routes();

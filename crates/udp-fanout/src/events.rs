@@ -79,7 +79,10 @@ impl Events {
             }
         };
         let mut dog = crate::systemd::watchdog_interval().map(tokio::time::interval);
-        let mut next_sync = SYNC_EVERY;
+        // A deadline, not a duration: the select below is entered again after every event,
+        // and the watchdog's tick (`continue`) must not push the next sync back each time,
+        // or with a keep-alive more often than SYNC_EVERY no drain would ever end.
+        let mut next_sync = tokio::time::Instant::now() + SYNC_EVERY;
         let mut targets = Targets::new();
         self.aim_health(&mut targets);
         loop {
@@ -100,16 +103,16 @@ impl Events {
                 Some(ev) = self.health_events.recv() => {
                     self.apply_health(ev);
                     // Verdicts change no probe target: no need to re-aim the checker.
-                    next_sync = self.sync();
+                    next_sync = tokio::time::Instant::now() + self.sync();
                     continue;
                 }
-                _ = tokio::time::sleep(next_sync) => {}
+                _ = tokio::time::sleep_until(next_sync) => {}
                 _ = async { dog.as_mut()?.tick().await; Some(()) }, if dog.is_some() => {
                     crate::systemd::watchdog();
                     continue;
                 }
             }
-            next_sync = self.sync();
+            next_sync = tokio::time::Instant::now() + self.sync();
             self.aim_health(&mut targets);
         }
     }
