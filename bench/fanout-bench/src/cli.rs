@@ -1,7 +1,9 @@
-//! Command-line interface: `gen`, `sink`, `sessions` and `compare` subcommands over the
-//! library, a short human summary by default and one JSON object with `--json`. Only argument
-//! handling and printing live here; `sessions` is [`fanout_bench::scenarios::session_scale`],
-//! `compare` (in [`compare`]) is [`fanout_bench::scenarios::compare`].
+//! Command-line interface: `gen`, `sink`, `sessions`, `control` and `compare` subcommands over
+//! the library, a short human summary by default and one JSON object with `--json`. Only
+//! argument handling and printing live here; `sessions` is
+//! [`fanout_bench::scenarios::session_scale`], `control` is
+//! [`fanout_bench::scenarios::control_scale`], `compare` (in [`compare`]) is
+//! [`fanout_bench::scenarios::compare`].
 //!
 //! JSON goes to stdout as a single object so that scripts can parse it whole; anything meant
 //! for people while a run is in progress (the sink's bound addresses) goes to stderr, where it
@@ -20,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use fanout_bench::addrs::{parse_ip_list, parse_port_range};
 use fanout_bench::generator::{self, GenConfig, GenReport};
 use fanout_bench::human::{percent, percentiles};
+use fanout_bench::scenarios::control_scale::{self, ControlScaleConfig};
 use fanout_bench::scenarios::session_scale::{self, SessionScaleConfig};
 use fanout_bench::sink::{Sink, SinkOptions, SinkReport};
 use fanout_bench::stats::LatencySummary;
@@ -43,6 +46,9 @@ enum Command {
     Sink(SinkArgs),
     /// Benchmark udp-fanout's session capacity, memory per session and reply throughput.
     Sessions(SessionsArgs),
+    /// Benchmark the control plane at 10,000 downstreams: reload latency and cost, loss on an
+    /// unchanged listener during reloads, health-check CPU, memory.
+    Control(ControlArgs),
     /// Compare udp-fanout with socat, nginx, Envoy, nftables and no proxy (max lossless
     /// rate, latency, CPU per datagram, memory).
     Compare(compare::CompareArgs),
@@ -148,6 +154,73 @@ struct SessionsArgs {
 }
 
 #[derive(Debug, Args)]
+struct ControlArgs {
+    /// The udp-fanout binary (default: the one next to this executable).
+    #[arg(long)]
+    udp_fanout: Option<PathBuf>,
+    /// Downstreams of the reloaded (and of the health-checked) listener.
+    #[arg(long, default_value_t = 10_000)]
+    downstreams: u32,
+    /// Reloads by SIGHUP (the set alternates between two variants).
+    #[arg(long, default_value_t = 100)]
+    reloads: u32,
+    /// Reloads by a file write alone (the daemon's file watch), after the SIGHUP ones.
+    #[arg(long, default_value_t = 10)]
+    watch_reloads: u32,
+    /// Datagrams per second through the listener the reloads leave alone.
+    #[arg(long, default_value_t = 20_000)]
+    steady_rate: u64,
+    /// Its flows.
+    #[arg(long, default_value_t = 8)]
+    steady_flows: u32,
+    /// Steady traffic without reloads first, for comparison (500ms, 5s).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    baseline: Duration,
+    /// How often the probe sends to the reloaded listener.
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    probe_interval: Duration,
+    /// Length of each CPU window of the idle daemons.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    cpu_window: Duration,
+    /// CPU windows per idle daemon.
+    #[arg(long, default_value_t = 3)]
+    repeats: u32,
+    /// Health-check interval.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    health_interval: Duration,
+    /// drain_secs of the reloaded listener (default: the daemon's, 30).
+    #[arg(long)]
+    drain_secs: Option<u32>,
+    /// udp-fanout worker threads (dataplane.workers; default: one per core).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Samples of each in-process timing.
+    #[arg(long, default_value_t = 5)]
+    samples: u32,
+    /// Phases to run: in-process, reload, health (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "in-process,reload,health"
+    )]
+    phases: Vec<ControlPhase>,
+    /// Print one JSON object instead of markdown tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A phase of `control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ControlPhase {
+    /// The daemon's libraries timed in this process (file parse, Maglev build).
+    InProcess,
+    /// Reload latency, CPU and the steady listener's loss.
+    Reload,
+    /// Idle and health-checking daemons' CPU and memory.
+    Health,
+}
+
+#[derive(Debug, Args)]
 struct SinkArgs {
     /// Address to receive on (repeatable; port 0 picks one, printed on stderr).
     #[arg(long, required = true)]
@@ -181,6 +254,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Gen(a) => run_gen(a, &stop),
         Command::Sink(a) => run_sink(a, &stop),
         Command::Sessions(a) => run_sessions(a, &stop),
+        Command::Control(a) => run_control(a, &stop),
         Command::Compare(a) => compare::run(a, &stop),
     }
 }
@@ -240,6 +314,31 @@ fn run_sessions(a: SessionsArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     cfg.max_group = a.clients_per_group;
     cfg.size = a.size;
     let report = session_scale::run(&cfg, stop).context("sessions benchmark failed")?;
+    print_report(a.json, &report, |r| r.to_markdown())
+}
+
+fn run_control(a: ControlArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let bin = a
+        .udp_fanout
+        .map_or_else(session_scale::default_udp_fanout, Ok)?;
+    let mut cfg = ControlScaleConfig::new(bin);
+    cfg.downstreams = a.downstreams;
+    cfg.reloads = a.reloads;
+    cfg.watch_reloads = a.watch_reloads;
+    cfg.steady_rate_pps = a.steady_rate;
+    cfg.steady_flows = a.steady_flows;
+    cfg.baseline = a.baseline;
+    cfg.probe_interval = a.probe_interval;
+    cfg.cpu_window = a.cpu_window;
+    cfg.repeats = a.repeats;
+    cfg.health_interval = a.health_interval;
+    cfg.drain_secs = a.drain_secs;
+    cfg.workers = a.workers;
+    cfg.samples = a.samples;
+    cfg.in_process = a.phases.contains(&ControlPhase::InProcess);
+    cfg.reload_phase = a.phases.contains(&ControlPhase::Reload);
+    cfg.health_phase = a.phases.contains(&ControlPhase::Health);
+    let report = control_scale::run(&cfg, stop).context("control benchmark failed")?;
     print_report(a.json, &report, |r| r.to_markdown())
 }
 
@@ -474,5 +573,30 @@ mod tests {
             "sessions --sessions 2000 --workers 1 --duration 1s --json"
         );
         assert_eq!((s.sessions, s.workers, s.json), (2_000, Some(1), true));
+    }
+
+    #[test]
+    fn control_has_the_documented_defaults() {
+        let c = parse_as!(Control, "control");
+        assert_eq!(
+            (c.downstreams, c.reloads, c.watch_reloads),
+            (10_000, 100, 10)
+        );
+        assert_eq!(c.steady_rate, 20_000);
+        assert_eq!(c.probe_interval, Duration::from_millis(1));
+        assert_eq!(c.cpu_window, Duration::from_secs(10));
+        assert_eq!(c.health_interval, Duration::from_secs(1));
+        assert_eq!(c.drain_secs, None);
+        assert_eq!(c.phases.len(), 3);
+        let c = parse_as!(
+            Control,
+            "control --downstreams 1000 --phases reload --drain-secs 0 --json"
+        );
+        assert_eq!(c.phases, vec![ControlPhase::Reload]);
+        assert_eq!(
+            (c.downstreams, c.drain_secs, c.json),
+            (1_000, Some(0), true)
+        );
+        assert!(parse("control --phases bogus").is_err());
     }
 }

@@ -14,17 +14,26 @@
 //! [`Daemon::start_in`] runs it inside a network namespace (`ip netns exec`, which execs, so
 //! the child's PID is the daemon's); its metrics endpoint is then on that namespace's
 //! loopback, and [`Daemon::scrape`] fetches it from a thread that joined the namespace.
+//!
+//! [`Daemon::launch`] takes a [`Launch`] for the rest (environment variables, such as a
+//! systemd `NOTIFY_SOCKET`). With an `admin:` section the API's address is learnt from the
+//! log too (`admin API at http://ADDR/v1/listeners`), and [`Daemon::admin_request`] talks to
+//! it; [`Daemon::signal`] sends a signal (SIGHUP reloads); [`Daemon::wait_log`] waits for a
+//! line (a reload's outcome, a listener bound again on a new port).
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::netns::{NsPath, on_thread};
@@ -45,12 +54,42 @@ pub struct Daemon {
     config_path: PathBuf,
     listeners: HashMap<String, SocketAddr>,
     metrics: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
     workers: Option<u32>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Lines read so far, including those no longer kept: the index of the next line.
+    lines: Arc<AtomicUsize>,
     /// The stderr reader, finished once the daemon's stderr closes.
     reader: Option<std::thread::JoinHandle<()>>,
     /// The network namespace it runs in (none: the bench's own).
     netns: Option<NsPath>,
+}
+
+/// How to start the daemon, beyond its config: see [`Daemon::launch`].
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The network namespace to run it in (none: the caller's).
+    pub netns: Option<NsPath>,
+    /// Environment variables to set for it.
+    pub env: Vec<(OsString, OsString)>,
+    /// Environment variables to remove from what it inherits.
+    pub env_remove: Vec<OsString>,
+}
+
+impl Launch {
+    /// Sets `key=value` in the daemon's environment.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Launch {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Removes `key` from the daemon's environment.
+    #[must_use]
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Launch {
+        self.env_remove.push(key.into());
+        self
+    }
 }
 
 /// Value of ` key=` in a tracing log line (quotes removed).
@@ -73,6 +112,21 @@ impl Daemon {
         timeout: Duration,
         netns: Option<&NsPath>,
     ) -> anyhow::Result<Daemon> {
+        let how = Launch {
+            netns: netns.cloned(),
+            ..Launch::default()
+        };
+        Self::launch(bin, yaml, timeout, &how)
+    }
+
+    /// [`Daemon::start`] as `how` says (namespace, environment).
+    pub fn launch(
+        bin: &Path,
+        yaml: &str,
+        timeout: Duration,
+        how: &Launch,
+    ) -> anyhow::Result<Daemon> {
+        let netns = how.netns.as_ref();
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let path = write_config(dir.path(), yaml)?;
         let mut cmd = match netns {
@@ -86,6 +140,12 @@ impl Daemon {
             }
             None => Command::new(bin),
         };
+        for k in &how.env_remove {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &how.env {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .arg("--config")
             .arg(&path)
@@ -101,11 +161,12 @@ impl Daemon {
             .take()
             .ok_or_else(|| anyhow!("no stderr pipe"))?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let lines = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
-        let reader_tail = Arc::clone(&tail);
+        let (reader_tail, reader_lines) = (Arc::clone(&tail), Arc::clone(&lines));
         let reader = std::thread::Builder::new()
             .name("udp-fanout-log".into())
-            .spawn(move || read_log(stderr, &reader_tail, &tx))
+            .spawn(move || read_log(stderr, &reader_tail, &reader_lines, &tx))
             .context("starting the log reader")?;
         let mut d = Daemon {
             child: Some(child),
@@ -113,8 +174,10 @@ impl Daemon {
             config_path: path,
             listeners: HashMap::new(),
             metrics: None,
+            admin: None,
             workers: None,
             tail,
+            lines,
             reader: Some(reader),
             netns: netns.cloned(),
         };
@@ -146,6 +209,11 @@ impl Daemon {
             {
                 self.metrics = Some(addr.parse().with_context(|| format!("in {line:?}"))?);
             }
+            if line.contains("admin API at")
+                && let Some(addr) = field(&line, "addr")
+            {
+                self.admin = Some(addr.parse().with_context(|| format!("in {line:?}"))?);
+            }
             if line.contains("udp-fanout ready") {
                 self.workers = field(&line, "workers").and_then(|w| w.parse().ok());
                 return Ok(());
@@ -172,6 +240,94 @@ impl Daemon {
             .get(name)
             .copied()
             .ok_or_else(|| anyhow!("udp-fanout logged no address for listener {name:?}"))
+    }
+
+    /// The admin API's address, if it has one.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.admin
+            .ok_or_else(|| anyhow!("udp-fanout logged no admin API address"))
+    }
+
+    /// The address listener `name` was last bound to, as the log says now: after a reload
+    /// that added or re-created it, its new address (the one [`listener`](Self::listener)
+    /// knows is from start-up).
+    pub fn latest_listener(&self, name: &str) -> Option<SocketAddr> {
+        let t = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        t.iter().rev().find_map(|line| {
+            if !line.contains(" listening ") || field(line, "listener") != Some(name) {
+                return None;
+            }
+            field(line, "addr")?.parse().ok()
+        })
+    }
+
+    /// Lines logged so far (including those no longer kept): a mark for
+    /// [`wait_log`](Self::wait_log).
+    pub fn log_mark(&self) -> usize {
+        self.lines.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `timeout` for a line at or after `mark` (from [`log_mark`](Self::log_mark))
+    /// that contains `needle`; returns it and the mark just after it.
+    pub fn wait_log(
+        &self,
+        needle: &str,
+        mark: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, usize)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let t = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+                // The reader counts a line while holding the tail's lock, so the two agree.
+                let first = self.lines.load(Ordering::Acquire).saturating_sub(t.len());
+                let skip = mark.saturating_sub(first);
+                if let Some((i, line)) = t
+                    .iter()
+                    .enumerate()
+                    .skip(skip)
+                    .find(|(_, l)| l.contains(needle))
+                {
+                    return Ok((line.clone(), first + i + 1));
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "udp-fanout logged no line with {needle:?} within {timeout:?}; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Sends `sig` to the daemon (SIGHUP: reload).
+    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        let pid = Pid::from_raw(i32::try_from(self.pid()?).context("pid out of range")?);
+        kill(pid, sig).with_context(|| format!("sending {sig} to udp-fanout"))
+    }
+
+    /// A request to the admin API (from inside the daemon's namespace): `method path` with
+    /// `body` (JSON) and the bearer `token` if given; the status code and the body.
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let addr = self.admin_addr()?;
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        let call = || crate::http::request(addr, method, path, &headers, body);
+        match &self.netns {
+            Some(ns) => on_thread(Some(ns), None, call),
+            None => call(),
+        }
     }
 
     /// The last lines of the daemon's log.
@@ -300,7 +456,12 @@ impl Drop for Daemon {
 
 /// Reads the daemon's stderr to its end: every line into the tail, and to `tx` while
 /// [`Daemon::start`] still listens.
-fn read_log(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<String>) {
+fn read_log(
+    stderr: impl Read,
+    tail: &Mutex<VecDeque<String>>,
+    lines: &AtomicUsize,
+    tx: &mpsc::Sender<String>,
+) {
     let mut forward = true;
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
         {
@@ -309,6 +470,7 @@ fn read_log(stderr: impl Read, tail: &Mutex<VecDeque<String>>, tx: &mpsc::Sender
                 t.pop_front();
             }
             t.push_back(line.clone());
+            lines.fetch_add(1, Ordering::AcqRel);
         }
         if forward && tx.send(line).is_err() {
             forward = false;

@@ -1,4 +1,5 @@
-//! A plain HTTP/1.0 GET over a `TcpStream`, for scraping `/metrics` and probing `/healthz`.
+//! A plain HTTP/1.0 GET over a `TcpStream`, for scraping `/metrics` and probing `/healthz`;
+//! and [`request`], any method with a JSON body, for the admin API.
 //!
 //! Tests and benchmarks only ever fetch small text bodies from the daemon's own endpoints on
 //! loopback (or a namespace's loopback), so a client library would add a runtime and nothing
@@ -27,6 +28,47 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(String, String)> {
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     let status = head.lines().next().unwrap_or_default().to_owned();
     Ok((status, body.to_owned()))
+}
+
+/// `method path` to `addr` with `headers` and, if given, `body` (sent as JSON): the status
+/// code and the body. For the admin API, which answers every request, refusals included, with
+/// a status and a JSON body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || matches!(method, "POST" | "PATCH" | "PUT") {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .with_context(|| format!("reading {method} {path} from {addr}"))?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.lines().next().unwrap_or_default();
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {status:?} from {method} {path}"))?;
+    Ok((code, body.to_owned()))
 }
 
 #[cfg(test)]

@@ -146,8 +146,18 @@ impl Control {
             .desired
             .listener_mut(name)
             .ok_or_else(|| ControlError::UnknownListener(name.to_owned()))?;
+        let before = l.clone();
         f(l, now)?;
-        self.sync_locked(&mut st, now)
+        let result = self.sync_locked(&mut st, now);
+        if result.is_err() {
+            // A plane refused the new set: the planes kept the old one, and so does the
+            // desired state, or every later sync would try (and log) it again.
+            if let Some(l) = st.desired.listener_mut(name) {
+                *l = before;
+            }
+            let _ = self.sync_locked(&mut st, now);
+        }
+        result
     }
 
     /// Replaces listener `name`'s `downstreams_file` entries.
@@ -218,9 +228,25 @@ impl Control {
     /// stay, new listeners, removed ones forgotten. The caller has already made the planes
     /// serve exactly `cfg`'s listeners.
     pub fn apply_config(&self, cfg: &Config) -> Result<(), ControlError> {
+        self.apply_reload(cfg, Vec::new())
+    }
+
+    /// [`apply_config`](Self::apply_config) with the listeners' `downstreams_file` entries
+    /// read for it, in one sync: a reload of a 10,000-downstream file is mostly syncs, and
+    /// the intermediate one (new config, old file) would push nothing useful.
+    pub fn apply_reload(
+        &self,
+        cfg: &Config,
+        files: Vec<(String, Vec<DownstreamConfig>)>,
+    ) -> Result<(), ControlError> {
         let now = self.now();
         let mut st = lock(&self.state);
         st.desired.apply_config(cfg, now);
+        for (name, list) in files {
+            if let Some(l) = st.desired.listener_mut(&name) {
+                l.set_file(list, now);
+            }
+        }
         let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
         st.pushed.retain(|n, _| names.contains(&n.as_str()));
         for l in &cfg.listeners {

@@ -179,13 +179,8 @@ impl Reloader {
             self.remove(name);
         }
         self.control
-            .apply_config(&next)
+            .apply_reload(&next, files)
             .map_err(|e| ReloadError(e.to_string()))?;
-        for (name, list) in files {
-            self.control
-                .set_file(&name, list)
-                .map_err(|e| ReloadError(e.to_string()))?;
-        }
         *current = next;
         Ok(())
     }
@@ -223,7 +218,8 @@ impl Reloader {
                 for done in &serving[..i] {
                     let _ = done.remove_listener(&l.name);
                 }
-                return Err(ReloadError(format!("listener {:?}: {e}", l.name)));
+                // The planes' errors already name the listener.
+                return Err(ReloadError(e.to_string()));
             }
         }
         tracing::info!(listener = %l.name, addr = %l.bind, "listener added");

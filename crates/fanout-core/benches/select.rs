@@ -27,16 +27,23 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    c.bench_function("build/maglev/100", |b| {
-        let e = endpoints(100);
-        b.iter(|| {
-            black_box(BackendSet::new(
-                Distribution::ConsistentHash,
-                e.clone(),
-                DEFAULT_TABLE_SIZE,
-            ))
-        })
-    });
+    // A reload or a health change rebuilds the whole set: 100 downstreams, and the 1,000 and
+    // 10,000 of a large listener (10,000 at 65,537 slots is about 6.5 slots each).
+    let mut build = c.benchmark_group("build/maglev");
+    build.sample_size(20);
+    for n in [100u16, 1_000, 10_000] {
+        let e = endpoints(n);
+        build.bench_function(n.to_string(), |b| {
+            b.iter(|| {
+                black_box(BackendSet::new(
+                    Distribution::ConsistentHash,
+                    e.clone(),
+                    DEFAULT_TABLE_SIZE,
+                ))
+            })
+        });
+    }
+    build.finish();
 }
 
 criterion_group!(benches, bench);

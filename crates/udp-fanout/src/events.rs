@@ -154,10 +154,20 @@ impl Events {
                 .unwrap_or_default();
             now.insert(l.name.clone(), (l.health.clone(), addrs));
         }
+        let mut forget = Vec::new();
         for (name, t) in &now {
             if last.get(name) != Some(t) {
                 self.health.set_targets(name, t.0.clone(), t.1.clone());
+                // Checks turned off: their last verdicts must not keep anyone out of the set.
+                if t.0.is_none() {
+                    forget.extend(t.1.iter().map(|a| (name.clone(), *a, Health::Unknown)));
+                }
             }
+        }
+        if !forget.is_empty()
+            && let Err(e) = self.control.set_health_many(&forget)
+        {
+            tracing::error!(error = %e, "cannot forget the health of unchecked downstreams");
         }
         for name in last.keys().filter(|n| !now.contains_key(*n)) {
             self.health.set_targets(name, None, Vec::new());

@@ -9,8 +9,13 @@
 //!
 //! - [`session_scale`]: session capacity, memory per session, reply throughput.
 //! - [`compare`]: udp-fanout against socat, nginx, Envoy, nftables and no proxy at all.
+//! - [`control_scale`]: the control plane at 10,000 downstreams: reload latency and loss,
+//!   health-check CPU.
 
 pub mod compare;
+pub mod control_probe;
+pub mod control_report;
+pub mod control_scale;
 pub mod session_clients;
 mod session_markdown;
 pub mod session_report;

@@ -122,6 +122,15 @@ fn a_refused_set_changes_no_plane() {
     let c = Control::new(&config(), vec![user.clone(), kern.clone()]);
     let e = c.api_add("k", sa(9001), 1).unwrap_err();
     assert_eq!(e.to_string(), "kernel plane: map full");
+    // The desired state did not keep the refused downstream.
+    assert!(
+        !c.desired()
+            .listener("k")
+            .unwrap()
+            .downstreams()
+            .iter()
+            .any(|d| d.addr == sa(9001))
+    );
     // The userspace plane got the new set, then the old one back.
     assert_eq!(
         user.sets(),

@@ -397,7 +397,9 @@ impl Engine {
         let Some(health) = t.tracker.record(success, t.spec.rise, t.spec.fall) else {
             return;
         };
-        tracing::info!(
+        // The daemon's event loop logs what matters to operators (at info, first healthy
+        // verdicts at debug); here only the probe-level trace.
+        tracing::debug!(
             listener = &*t.listener,
             endpoint = %t.addr,
             "downstream is now {}",
