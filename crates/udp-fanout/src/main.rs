@@ -72,6 +72,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // The files a reload would read are part of the config: check them too.
+        if let Err(e) = fanout_control::reload::read_files(&cfg) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         println!("config OK");
         return ExitCode::SUCCESS;
     }

@@ -39,6 +39,22 @@ fn check_accepts_a_good_config() {
 }
 
 #[test]
+fn check_reads_the_downstreams_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ds.txt");
+    std::fs::write(&file, "127.0.0.1:7001\n10.0.0.x:1\n").unwrap();
+    let yaml = format!(
+        "listeners: [{{name: a, bind: '127.0.0.1:0', downstreams_file: '{}'}}]",
+        file.display()
+    );
+    let line = format!("{}:2: invalid address \"10.0.0.x:1\"", file.display());
+    rejected(&yaml, &["--check"], &[&line]);
+    std::fs::write(&file, "127.0.0.1:7001 2\n").unwrap();
+    let (code, out, err) = run_on(&yaml, &["--check"]);
+    assert_eq!((code, out.trim()), (0, "config OK"), "{err}");
+}
+
+#[test]
 fn check_accepts_the_shipped_examples() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
     let mut n = 0;

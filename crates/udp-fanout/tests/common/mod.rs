@@ -14,8 +14,15 @@
 //! ([`traffic`], [`generate`]), or one request at a time from a [`client`] ([`ask`]); where it
 //! landed is [`landed`]. The setup every test file shares is here once, and a test reads as
 //! what it sends and checks.
+//!
+//! The control plane's tests add: [`Daemon::launch`] (environment variables), the admin API
+//! ([`Daemon::api`]), signals ([`Daemon::hup`]), waiting for a log line ([`Daemon::wait_log`],
+//! such as a reload's outcome), rewriting the config as a person or an editor would
+//! ([`write_in_place`], [`write_by_rename`]), and UDP servers whose health can be switched
+//! ([`echo::Echo`]).
 #![allow(dead_code)]
 
+pub mod echo;
 pub mod netns;
 
 use std::collections::BTreeMap;
@@ -23,9 +30,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fanout_testkit::daemon;
+pub use fanout_testkit::daemon::{Launch, Signal};
 use fanout_testkit::netns::NsPath;
 use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 
@@ -200,14 +208,109 @@ impl Daemon {
 
     /// Like [`start_in`](Self::start_in); on failure returns the error, with the log.
     pub fn try_start_in(netns: Option<&str>, yaml: &str) -> Result<Daemon, String> {
-        let ns = netns.map(NsPath::named);
-        let inner = daemon::Daemon::start_in(Path::new(bin()), yaml, READY, ns.as_ref())
+        let how = Launch {
+            netns: netns.map(NsPath::named),
+            ..Launch::default()
+        };
+        Self::try_launch(yaml, &how)
+    }
+
+    /// Starts the daemon on `yaml` as `how` says (namespace, environment).
+    pub fn launch(yaml: &str, how: &Launch) -> Daemon {
+        Self::try_launch(yaml, how).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`launch`](Self::launch); on failure returns the error, with the log.
+    pub fn try_launch(yaml: &str, how: &Launch) -> Result<Daemon, String> {
+        let inner = daemon::Daemon::launch(Path::new(bin()), yaml, READY, how)
             .map_err(|e| format!("{e:#}"))?;
         Ok(Daemon {
             config_path: inner.config_path().to_owned(),
             log_lines: inner.log_lines(),
             inner,
         })
+    }
+
+    /// The admin API's address (the config needs an `admin:` section).
+    pub fn admin(&self) -> SocketAddr {
+        self.inner.admin_addr().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `method path` on the admin API with the JSON `body`, without a token: the status and
+    /// the JSON answer.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let (code, text) = self.api_as(None, method, path, body);
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: {code} {text:?} is not JSON: {e}"));
+        (code, v)
+    }
+
+    /// `method path` on the admin API with `token` (if any): the status and the body.
+    pub fn api_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        self.inner
+            .admin_request(method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: Signal) {
+        self.inner.signal(sig).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hup(&self) {
+        self.signal(Signal::SIGHUP);
+    }
+
+    /// Whether the process still runs (not reaped here).
+    pub fn alive(&mut self) -> bool {
+        self.try_exited().is_none()
+    }
+
+    /// A mark in the log: lines after it are what happens from now on.
+    pub fn mark(&self) -> usize {
+        self.inner.log_mark()
+    }
+
+    /// Waits up to [`WAIT`] for a line after `mark` containing `needle`; the line and the
+    /// mark after it.
+    pub fn wait_log(&self, needle: &str, mark: usize) -> (String, usize) {
+        self.inner
+            .wait_log(needle, mark, WAIT)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Lines after `mark` containing `needle`, now.
+    pub fn log_since(&self, needle: &str, mark: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = mark;
+        while let Ok((line, next)) = self.inner.wait_log(needle, at, Duration::ZERO) {
+            out.push(line);
+            at = next;
+        }
+        out
+    }
+
+    /// Where listener `name` is bound now (after a reload that added or re-created it).
+    pub fn latest(&self, name: &str) -> SocketAddr {
+        self.inner
+            .latest_listener(name)
+            .unwrap_or_else(|| panic!("no address logged for listener {name:?}"))
+    }
+
+    /// `udp_fanout_config_reloads_total{result}` now.
+    pub fn reloads(&self, result: &str) -> u64 {
+        self.metric(
+            "udp_fanout_config_reloads_total",
+            &format!("result=\"{result}\""),
+        )
+        .unwrap_or_else(|| panic!("no reload counter:\n{}", self.scrape()))
     }
 
     /// The log so far.
@@ -269,6 +372,97 @@ impl Daemon {
         self.log_lines = self.inner.log_lines();
         r
     }
+}
+
+/// Sends one datagram from `c` to `to` and returns the index of the sink in `s` it reached
+/// (each sink's count is compared with `before`, which is then brought up to date). Fails if
+/// none of them got it within [`WAIT`].
+pub fn route(c: &UdpSocket, to: SocketAddr, s: &[&SinkHandle], before: &mut [u64]) -> usize {
+    c.send_to(b"where do I go", to).unwrap();
+    let t0 = Instant::now();
+    loop {
+        for (i, x) in s.iter().enumerate() {
+            let n = x.total_datagrams();
+            if n > before[i] {
+                assert_eq!(n, before[i] + 1, "one datagram, one arrival");
+                before[i] = n;
+                return i;
+            }
+        }
+        assert!(t0.elapsed() < WAIT, "a datagram to {to} reached no sink");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Counts of `s`, now.
+pub fn counts(s: &[&SinkHandle]) -> Vec<u64> {
+    s.iter().map(|x| x.total_datagrams()).collect()
+}
+
+/// A datagram to the listener every millisecond, from one client socket, until dropped (so a
+/// failed assertion does not leave it running).
+pub struct Trickle {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Trickle {
+    /// From a loopback client.
+    pub fn to(to: SocketAddr) -> Trickle {
+        Trickle::from(UdpSocket::bind("127.0.0.1:0").unwrap(), to)
+    }
+
+    /// From `c` (a socket keeps the namespace it was made in).
+    pub fn from(c: UdpSocket, to: SocketAddr) -> Trickle {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c.send_to(b"traffic, not a probe", to);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Trickle {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Overwrites `path` with `text` in place (same inode), as `echo > file` does.
+pub fn write_in_place(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    f.write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// Replaces `path` with `text` as editors save: a new file beside it, renamed over it.
+pub fn write_by_rename(path: &Path, text: &str) {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.swp"));
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming over {}: {e}", path.display()));
+}
+
+/// A loopback port that was free a moment ago (bound and closed: a tiny race, accepted where
+/// a test needs a fixed port, such as a listener re-created on a new one).
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("binding a probe socket");
+    s.local_addr().expect("local address").port()
 }
 
 /// Finds `name{labels} value` in metrics text (exactly these labels).
