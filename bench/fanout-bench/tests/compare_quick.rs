@@ -11,26 +11,16 @@
 //! not there. The quick mode starts no pair after 45 s, so the test ends within about a
 //! minute.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fanout_bench::scenarios::compare::{self, CompareConfig, KernelOutcome, Outcome, kernel};
 
-fn udp_fanout() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let bin = profile_dir.join("udp-fanout");
-    bin.is_file().then_some(bin)
-}
-
 #[test]
 fn quick_compare_runs_every_installed_peer_with_consistent_books() {
-    let Some(bin) = udp_fanout() else {
-        eprintln!(
-            "skipped: no udp-fanout binary next to this test's target directory; build it with \
-             `cargo build -p udp-fanout` (or test the whole workspace)"
-        );
+    let Some(bin) = common::udp_fanout() else {
         return;
     };
     let cfg = CompareConfig::quick(bin);

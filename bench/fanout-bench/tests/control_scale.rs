@@ -8,26 +8,16 @@
 //! receivers this test binds: destinations only, on ephemeral ports, so nothing clashes with
 //! the other tests' addresses.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fanout_bench::scenarios::control_scale::{self, ControlScaleConfig};
 
-fn udp_fanout() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let bin = profile_dir.join("udp-fanout");
-    bin.is_file().then_some(bin)
-}
-
 #[test]
 fn a_few_hundred_downstreams_reload_serve_and_are_health_checked() {
-    let Some(bin) = udp_fanout() else {
-        eprintln!(
-            "skipped: no udp-fanout binary next to this test's target directory; build it \
-             with `cargo build -p udp-fanout` (or test the whole workspace)"
-        );
+    let Some(bin) = common::udp_fanout() else {
         return;
     };
     let mut cfg = ControlScaleConfig::new(bin);

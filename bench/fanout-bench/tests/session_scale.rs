@@ -10,18 +10,13 @@
 //! addresses.
 
 use std::net::Ipv4Addr;
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fanout_bench::scenarios::session_scale::{self, SessionScaleConfig};
-
-fn udp_fanout() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let bin = profile_dir.join("udp-fanout");
-    bin.is_file().then_some(bin)
-}
 
 /// The miniature: 2,000 sessions, 2 backends, a 1 s throughput phase.
 fn mini(bin: PathBuf, first_client: Ipv4Addr) -> SessionScaleConfig {
@@ -37,15 +32,9 @@ fn mini(bin: PathBuf, first_client: Ipv4Addr) -> SessionScaleConfig {
 
 macro_rules! binary_or_skip {
     () => {
-        match udp_fanout() {
+        match common::udp_fanout() {
             Some(bin) => bin,
-            None => {
-                eprintln!(
-                    "skipped: no udp-fanout binary next to this test's target directory; \
-                     build it with `cargo build -p udp-fanout` (or test the whole workspace)"
-                );
-                return;
-            }
+            None => return,
         }
     };
 }

@@ -87,6 +87,25 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
     run(args, COMMAND_LIMIT)
 }
 
+/// A veth pair: `a` in namespace `a_ns`, its peer `b` in `b_ns`.
+pub fn veth(a: &str, a_ns: &Netns, b: &str, b_ns: &Netns) -> anyhow::Result<String> {
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        a,
+        "netns",
+        a_ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        b_ns.name(),
+    ])
+}
+
 /// A network namespace, deleted on drop (which also deletes the veths in it).
 #[derive(Debug)]
 pub struct Netns {
@@ -131,6 +150,13 @@ impl Netns {
         let mut v = vec!["ip", "-n", &self.name];
         v.extend_from_slice(args);
         sh(&v)
+    }
+
+    /// Gives `dev` the address `cidr` and brings it up.
+    pub fn address_up(&self, dev: &str, cidr: &str) -> anyhow::Result<()> {
+        self.ip(&["addr", "add", cidr, "dev", dev])?;
+        self.ip(&["link", "set", dev, "up"])?;
+        Ok(())
     }
 
     /// `ip netns exec NAME args…`.

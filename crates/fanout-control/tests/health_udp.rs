@@ -32,6 +32,52 @@ fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
+/// Waits up to a second for `addr` in `listener` to turn healthy.
+async fn assert_rises(ev: &mut Events, listener: &str, addr: SocketAddr) {
+    let up = ev
+        .wait(listener, addr, Health::Healthy, Duration::from_secs(1))
+        .await;
+    assert!(up.is_some(), "never healthy");
+}
+
+/// How long after `since` `addr` in `listener` turned `health` (waiting up to 3 s).
+async fn time_until(
+    ev: &mut Events,
+    listener: &str,
+    addr: SocketAddr,
+    health: Health,
+    since: Instant,
+) -> Duration {
+    let at = ev
+        .wait(listener, addr, health, Duration::from_secs(3))
+        .await;
+    at.unwrap_or_else(|| panic!("never {health:?}")) - since
+}
+
+/// Silences `server` and checks that `addr` turns unhealthy within
+/// fall × interval + timeout (plus the margin); returns how long it took.
+async fn silence_within_bound(
+    server: &Server,
+    ev: &mut Events,
+    addr: SocketAddr,
+    (interval, timeout, fall): (u64, u64, u32),
+    label: &str,
+) -> Duration {
+    server.set(Reply::Silent);
+    let detection = time_until(ev, "l", addr, Health::Unhealthy, Instant::now()).await;
+    let bound = Duration::from_millis(fall as u64 * interval + timeout);
+    eprintln!(
+        "{label}: unhealthy after {} ms (bound fall × interval + timeout = {} ms)",
+        ms(detection),
+        ms(bound)
+    );
+    assert!(
+        detection <= bound + MARGIN,
+        "took {detection:?}, bound {bound:?}"
+    );
+    detection
+}
+
 #[tokio::test]
 async fn a_dead_port_fails_at_once_and_a_revived_one_rises() {
     let server = Server::start(local(), Reply::Pong).await;
@@ -40,17 +86,10 @@ async fn a_dead_port_fails_at_once_and_a_revived_one_rises() {
     // A timeout far above fall × interval: only the ICMP error can explain a fast fall.
     let (interval, timeout, fall, rise) = (50, 2_000, 3, 2);
     hc.set_targets("l", Some(udp(interval, timeout, fall, rise)), vec![addr]);
-    let up = ev
-        .wait("l", addr, Health::Healthy, Duration::from_secs(1))
-        .await;
-    assert!(up.is_some(), "never healthy");
+    assert_rises(&mut ev, "l", addr).await;
 
     server.stop().await;
-    let died = Instant::now();
-    let down = ev
-        .wait("l", addr, Health::Unhealthy, Duration::from_secs(3))
-        .await;
-    let detection = down.expect("never unhealthy") - died;
+    let detection = time_until(&mut ev, "l", addr, Health::Unhealthy, Instant::now()).await;
     let bound = Duration::from_millis(fall as u64 * interval) + MARGIN;
     eprintln!(
         "port unreachable: unhealthy after {} ms (fall {fall} × interval {interval} ms)",
@@ -67,11 +106,7 @@ async fn a_dead_port_fails_at_once_and_a_revived_one_rises() {
     assert_eq!(hc.health("l", addr), Health::Unhealthy);
 
     let back = Server::start(addr, Reply::Pong).await;
-    let revived = Instant::now();
-    let up = ev
-        .wait("l", addr, Health::Healthy, Duration::from_secs(3))
-        .await;
-    let recovery = up.expect("never healthy again") - revived;
+    let recovery = time_until(&mut ev, "l", addr, Health::Healthy, Instant::now()).await;
     eprintln!("revived: healthy after {} ms (rise {rise})", ms(recovery));
     assert!(recovery <= Duration::from_millis(rise as u64 * interval) + MARGIN);
 
@@ -91,28 +126,10 @@ async fn a_silent_server_fails_by_timeout_within_the_bound() {
     let (hc, mut ev) = checker();
     let (interval, timeout, fall) = (50u64, 40u64, 3u32);
     hc.set_targets("l", Some(udp(interval, timeout, fall, 2)), vec![addr]);
-    assert!(
-        ev.wait("l", addr, Health::Healthy, Duration::from_secs(1))
-            .await
-            .is_some()
-    );
+    assert_rises(&mut ev, "l", addr).await;
 
-    server.set(Reply::Silent);
-    let silent = Instant::now();
-    let down = ev
-        .wait("l", addr, Health::Unhealthy, Duration::from_secs(3))
-        .await;
-    let detection = down.expect("never unhealthy") - silent;
-    let bound = Duration::from_millis(fall as u64 * interval + timeout);
-    eprintln!(
-        "silent: unhealthy after {} ms (bound fall × interval + timeout = {} ms)",
-        ms(detection),
-        ms(bound)
-    );
-    assert!(
-        detection <= bound + MARGIN,
-        "took {detection:?}, bound {bound:?}"
-    );
+    let detection =
+        silence_within_bound(&server, &mut ev, addr, (interval, timeout, fall), "silent").await;
     // At least fall - 1 intervals between the first and last failing probe, plus a timeout.
     let floor = Duration::from_millis((fall as u64 - 1) * interval + timeout - 5);
     assert!(detection >= floor, "too fast for a timeout: {detection:?}");
@@ -127,32 +144,14 @@ async fn a_timeout_longer_than_the_interval_keeps_the_probe_rate() {
     // Two or three probes in flight at a time.
     let (interval, timeout, fall) = (30u64, 100u64, 3u32);
     hc.set_targets("l", Some(udp(interval, timeout, fall, 2)), vec![addr]);
-    assert!(
-        ev.wait("l", addr, Health::Healthy, Duration::from_secs(1))
-            .await
-            .is_some()
-    );
+    assert_rises(&mut ev, "l", addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = hc.counts()[0].1;
     assert_eq!(c.failure, 0, "late but timely replies all count: {c:?}");
     assert!(c.success >= 8, "one probe per interval: {c:?}");
 
-    server.set(Reply::Silent);
-    let silent = Instant::now();
-    let down = ev
-        .wait("l", addr, Health::Unhealthy, Duration::from_secs(3))
-        .await;
-    let detection = down.expect("never unhealthy") - silent;
-    let bound = Duration::from_millis(fall as u64 * interval + timeout);
-    eprintln!(
-        "silent, timeout > interval: unhealthy after {} ms (bound {} ms)",
-        ms(detection),
-        ms(bound)
-    );
-    assert!(
-        detection <= bound + MARGIN,
-        "took {detection:?}, bound {bound:?}"
-    );
+    let label = "silent, timeout > interval";
+    silence_within_bound(&server, &mut ev, addr, (interval, timeout, fall), label).await;
     server.stop().await;
 }
 
@@ -253,11 +252,7 @@ async fn set_targets_keeps_those_that_stay_and_forgets_the_rest() {
     assert_eq!(hc.health("l", b.addr), Health::Healthy);
     assert_eq!(hc.health("l", a.addr), Health::Unknown, "a is forgotten");
     assert_eq!(hc.health("l", c.addr), Health::Unknown, "c is new");
-    assert!(
-        ev.wait("l", c.addr, Health::Healthy, Duration::from_secs(1))
-            .await
-            .is_some()
-    );
+    assert_rises(&mut ev, "l", c.addr).await;
     // Two intervals more: b was probed again under the new schedule.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let counts = hc.counts();
@@ -295,17 +290,9 @@ async fn ipv6_loopback_rises_and_falls() {
     let addr = server.addr;
     let (hc, mut ev) = checker();
     hc.set_targets("v6", Some(udp(40, 2_000, 2, 2)), vec![addr]);
-    assert!(
-        ev.wait("v6", addr, Health::Healthy, Duration::from_secs(1))
-            .await
-            .is_some()
-    );
+    assert_rises(&mut ev, "v6", addr).await;
     server.stop().await;
-    let died = Instant::now();
-    let down = ev
-        .wait("v6", addr, Health::Unhealthy, Duration::from_secs(3))
-        .await;
-    let detection = down.expect("never unhealthy") - died;
+    let detection = time_until(&mut ev, "v6", addr, Health::Unhealthy, Instant::now()).await;
     eprintln!(
         "IPv6 port unreachable: unhealthy after {} ms",
         ms(detection)
@@ -321,11 +308,7 @@ async fn dropping_the_checker_stops_probing() {
     let server = Server::start(local(), Reply::Pong).await;
     let (hc, mut ev) = checker();
     hc.set_targets("l", Some(udp(20, 100, 2, 2)), vec![server.addr]);
-    assert!(
-        ev.wait("l", server.addr, Health::Healthy, Duration::from_secs(1))
-            .await
-            .is_some()
-    );
+    assert_rises(&mut ev, "l", server.addr).await;
     drop(hc);
     // The channel closes once every task holding the checker ended.
     let closed = tokio::time::timeout(Duration::from_secs(2), async {

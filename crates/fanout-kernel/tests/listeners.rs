@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use fanout_config::ListenerConfig;
 use fanout_kernel::plane::KernelPlane;
-use fanout_testkit::netns::{Netns, privileged, sh, unique_tag};
+use fanout_testkit::netns::{Netns, privileged, unique_tag, veth};
 use fanout_testkit::{GenConfig, GenReport, Sink, SinkHandle, SinkOptions, generator};
 
 const CLIENT: &str = "10.66.0.2";
@@ -66,12 +66,16 @@ impl Topology {
         };
         let (client_if, back_if, backend_if) =
             (format!("uc{tag}"), format!("ux{tag}"), format!("ub{tag}"));
-        veth(&client_if, &t.client, &t.lb_if, &t.lb);
-        veth(&back_if, &t.lb, &backend_if, &t.backend);
-        up(&t.client, &client_if, CLIENT);
-        up(&t.lb, &t.lb_if, VIP);
-        up(&t.lb, &back_if, LB_BACK);
-        up(&t.backend, &backend_if, BACKEND);
+        must(veth(&client_if, &t.client, &t.lb_if, &t.lb));
+        must(veth(&back_if, &t.lb, &backend_if, &t.backend));
+        for (ns, dev, ip) in [
+            (&t.client, &client_if, CLIENT),
+            (&t.lb, &t.lb_if, VIP),
+            (&t.lb, &back_if, LB_BACK),
+            (&t.backend, &backend_if, BACKEND),
+        ] {
+            must(ns.address_up(dev, &format!("{ip}/24")));
+        }
         must(t.client.ip(&["route", "add", "default", "via", VIP]));
         must(t.backend.ip(&["route", "add", "default", "via", LB_BACK]));
         must(t.lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
@@ -114,29 +118,6 @@ impl Topology {
         assert_eq!(r.sent, count, "{r:?}");
         r
     }
-}
-
-fn veth(a: &str, a_ns: &Netns, b: &str, b_ns: &Netns) {
-    must(sh(&[
-        "ip",
-        "link",
-        "add",
-        a,
-        "netns",
-        a_ns.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b,
-        "netns",
-        b_ns.name(),
-    ]));
-}
-
-fn up(ns: &Netns, dev: &str, ip: &str) {
-    must(ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev]));
-    must(ns.ip(&["link", "set", dev, "up"]));
 }
 
 fn parse(yaml: &str) -> ListenerConfig {

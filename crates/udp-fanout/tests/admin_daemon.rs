@@ -12,11 +12,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, METRICS, WAIT, addr_of, client, counts, eventually, run_cli, sinks, write_in_place,
+    Daemon, METRICS, WAIT, addr_of, ctl, eventually, run_cli, sinks, spread, write_in_place,
 };
 use fanout_control::admin::ListenerView;
 use fanout_testkit::SinkHandle;
@@ -33,27 +32,6 @@ fn config(statics: &[&SinkHandle], admin: &str) -> String {
         "listeners:\n- {{name: l, bind: '127.0.0.1:0', drain_secs: 1, downstreams: [{}]}}\n{METRICS}\nadmin: {{bind: '127.0.0.1:0'{admin}}}",
         list.join(", ")
     )
-}
-
-/// Sends `n` datagrams to `to` from one client and returns each sink's share of them (all of
-/// them reached one of `s`, and nothing else did).
-fn split(to: SocketAddr, n: u64, s: &[&SinkHandle]) -> Vec<u64> {
-    let before = counts(s);
-    let c = client();
-    for _ in 0..n {
-        c.send_to(b"0123456789", to).unwrap();
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let sum = |v: &[u64]| v.iter().sum::<u64>();
-    assert!(
-        eventually(WAIT, || sum(&counts(s)) >= sum(&before) + n),
-        "sent {n}, the sinks got {}",
-        sum(&counts(s)) - sum(&before)
-    );
-    std::thread::sleep(Duration::from_millis(30));
-    let share: Vec<u64> = counts(s).iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(sum(&share), n, "{share:?}");
-    share
 }
 
 /// Asserts that `share` is `want`, each within `slack` (a round-robin cycle restarts when the
@@ -127,7 +105,7 @@ fn every_endpoint_against_the_daemon() {
                     "health": "unknown", "source": "api", "sessions": 0})
         )
     );
-    assert_split(&split(to, 200, &all), &[100, 100, 0], 2);
+    assert_split(&spread(to, 200, &all), &[100, 100, 0], 2);
     let (code, v) = add(b, 1);
     assert_eq!(code, 409, "{v}");
     assert!(
@@ -149,31 +127,31 @@ fn every_endpoint_against_the_daemon() {
         (code, &downstream(&v, b).unwrap()["weight"]),
         (200, &json!(3))
     );
-    assert_split(&split(to, 400, &all), &[100, 300, 0], 4);
+    assert_split(&spread(to, 400, &all), &[100, 300, 0], 4);
     let (code, v) = patch(b, json!({"state": "draining"}));
     assert_eq!(
         (code, &downstream(&v, b).unwrap()["state"]),
         (200, &json!("draining"))
     );
     assert_eq!(
-        split(to, 100, &all),
+        spread(to, 100, &all),
         [100, 0, 0],
         "a draining downstream got new flows"
     );
     assert_eq!(patch(b, json!({"state": "active"})).0, 200);
-    assert_split(&split(to, 400, &all), &[100, 300, 0], 4);
+    assert_split(&spread(to, 400, &all), &[100, 300, 0], 4);
     let (code, v) = patch(b, json!({"state": "disabled"}));
     assert_eq!(
         (code, &downstream(&v, b).unwrap()["state"]),
         (200, &json!("disabled"))
     );
     assert_eq!(
-        split(to, 100, &all),
+        spread(to, 100, &all),
         [100, 0, 0],
         "a disabled downstream got traffic"
     );
     assert_eq!(patch(b, json!({"state": "active", "weight": 1})).0, 200);
-    assert_split(&split(to, 200, &all), &[100, 100, 0], 2);
+    assert_split(&spread(to, 200, &all), &[100, 100, 0], 2);
     let (code, v) = patch(b, json!({}));
     assert_eq!(code, 400, "{v}");
     assert!(
@@ -191,7 +169,7 @@ fn every_endpoint_against_the_daemon() {
     let (code, v) = d.api("DELETE", &ds_path(b), None);
     assert_eq!(code, 200, "{v}");
     assert_eq!(downstream(&v, b).unwrap()["state"], "draining");
-    assert_eq!(split(to, 50, &all), [50, 0, 0]);
+    assert_eq!(spread(to, 50, &all), [50, 0, 0]);
     assert!(
         eventually(WAIT, || downstream(
             &d.api("GET", "/v1/listeners/l", None).1,
@@ -207,10 +185,10 @@ fn every_endpoint_against_the_daemon() {
     );
     // DELETE ?now=true: at once.
     assert_eq!(add(c, 1).0, 201);
-    assert_split(&split(to, 100, &all), &[50, 0, 50], 2);
+    assert_split(&spread(to, 100, &all), &[50, 0, 50], 2);
     let (code, v) = d.api("DELETE", &format!("{}?now=true", ds_path(c)), None);
     assert_eq!((code, downstream(&v, c)), (200, None));
-    assert_eq!(split(to, 50, &all), [50, 0, 0]);
+    assert_eq!(spread(to, 50, &all), [50, 0, 0]);
     assert_eq!(d.api("DELETE", &ds_path(c), None).0, 404);
     let (code, v) = d.api("DELETE", &format!("{}?nwo=true", ds_path(a)), None);
     assert_eq!(code, 400, "a typo must not drain: {v}");
@@ -228,7 +206,7 @@ fn every_endpoint_against_the_daemon() {
     let e = v["error"].as_str().unwrap();
     assert!(e.starts_with("listeners[0].drain_secs"), "{e}");
     assert_eq!(
-        split(to, 20, &all),
+        spread(to, 20, &all),
         [20, 0, 0],
         "the old config keeps serving"
     );
@@ -258,7 +236,7 @@ fn api_changes_survive_a_reload() {
         201
     );
     assert_eq!(d.api("PATCH", &ds_path(a), Some(r#"{"weight": 2}"#)).0, 200);
-    assert_split(&split(to, 200, &all), &[100, 100, 0], 2);
+    assert_split(&spread(to, 200, &all), &[100, 100, 0], 2);
     // A SIGHUP reload of the same config, then a save that adds c to the static list.
     let mark = d.mark();
     d.hup();
@@ -288,26 +266,8 @@ fn api_changes_survive_a_reload() {
         "the API's downstream was lost"
     );
     assert_eq!(weight_source(c), (1, "static".to_owned()));
-    assert_split(&split(to, 500, &all), &[200, 200, 100], 4);
+    assert_split(&spread(to, 500, &all), &[200, 200, 100], 4);
     assert_eq!(d.reloads("success"), 2);
-}
-
-/// `udp-fanout ctl --admin ADDR ARGS...`: (exit code, stdout, stderr).
-fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(common::bin())
-        .arg("ctl")
-        .arg("--admin")
-        .arg(admin.to_string())
-        .args(args)
-        .env_remove("UDP_FANOUT_ADMIN")
-        .env_remove("UDP_FANOUT_TOKEN_FILE")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 /// A `ctl` command that must succeed: its stdout.
@@ -400,12 +360,12 @@ fn ctl_against_the_daemon() {
         ok(api, &["list"]),
         table(&[(a, 1, "active", "static"), (b, 3, "active", "api")])
     );
-    assert_split(&split(to, 400, &all), &[100, 300], 4);
+    assert_split(&spread(to, 400, &all), &[100, 300], 4);
     assert_eq!(
         ok(api, &["weight", "l", &b_s, "1"]),
         format!("weight of {b} on l set to 1\n")
     );
-    assert_split(&split(to, 200, &all), &[100, 100], 2);
+    assert_split(&spread(to, 200, &all), &[100, 100], 2);
     assert_eq!(
         ok(api, &["drain", "l", &b_s]),
         format!("draining {b} on l\n")
@@ -414,12 +374,12 @@ fn ctl_against_the_daemon() {
         ok(api, &["list"]),
         table(&[(a, 1, "active", "static"), (b, 1, "draining", "api")])
     );
-    assert_eq!(split(to, 50, &all), [50, 0]);
+    assert_eq!(spread(to, 50, &all), [50, 0]);
     assert_eq!(
         ok(api, &["enable", "l", &b_s]),
         format!("enabled {b} on l\n")
     );
-    assert_split(&split(to, 200, &all), &[100, 100], 2);
+    assert_split(&spread(to, 200, &all), &[100, 100], 2);
     assert_eq!(
         ok(api, &["disable", "l", &b_s]),
         format!("disabled {b} on l\n")
@@ -428,7 +388,7 @@ fn ctl_against_the_daemon() {
         ok(api, &["list"]),
         table(&[(a, 1, "active", "static"), (b, 1, "disabled", "api")])
     );
-    assert_eq!(split(to, 50, &all), [50, 0]);
+    assert_eq!(spread(to, 50, &all), [50, 0]);
     assert_eq!(
         ok(api, &["enable", "l", &b_s]),
         format!("enabled {b} on l\n")
@@ -438,7 +398,7 @@ fn ctl_against_the_daemon() {
         format!("removed {b} from l\n")
     );
     assert_eq!(ok(api, &["list"]), table(&[(a, 1, "active", "static")]));
-    assert_eq!(split(to, 50, &all), [50, 0]);
+    assert_eq!(spread(to, 50, &all), [50, 0]);
     assert_eq!(
         fails(api, &["remove", "l", &b_s]),
         format!("no downstream {b}")

@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 
+use common::{ctl, run_cli};
 use fanout_control::admin::fake::{BackgroundServer, FakeOps};
 use fanout_control::admin::{AdminOps, DownstreamState, ListenerView};
 
@@ -16,29 +18,6 @@ fn serve() -> (Arc<FakeOps>, BackgroundServer) {
     let ops = Arc::new(FakeOps::sample());
     let server = BackgroundServer::admin(ops.clone(), None).unwrap();
     (ops, server)
-}
-
-/// Runs `udp-fanout ctl --admin ADDR ARGS...`; returns (exit code, stdout, stderr).
-fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
-    let admin = admin.to_string();
-    let mut all = vec!["ctl", "--admin", admin.as_str()];
-    all.extend(args);
-    run(&all)
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_udp-fanout"))
-        .args(args)
-        // The options' environment fallbacks must not leak in from the caller.
-        .env_remove("UDP_FANOUT_ADMIN")
-        .env_remove("UDP_FANOUT_TOKEN_FILE")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -355,17 +334,17 @@ fn connection_refused_names_the_address() {
 #[test]
 fn the_default_admin_address_is_9091() {
     // Nothing listens on 9091 in the tests (nor should anything else answer as our API).
-    let (code, _, err) = run(&["ctl", "list"]);
+    let (code, _, err) = run_cli(&["ctl", "list"]);
     if code == 1 && err.contains("connection refused") {
         assert!(err.contains("127.0.0.1:9091"), "{err}");
     }
-    let (_, out, _) = run(&["ctl", "--help"]);
+    let (_, out, _) = run_cli(&["ctl", "--help"]);
     assert!(out.contains("[default: 127.0.0.1:9091]"), "{out}");
 }
 
 #[test]
 fn a_bad_admin_address_is_refused() {
-    let (code, _, err) = run(&["ctl", "--admin", "localhost", "list"]);
+    let (code, _, err) = run_cli(&["ctl", "--admin", "localhost", "list"]);
     assert_eq!(code, 1);
     assert!(
         err.starts_with("udp-fanout ctl: invalid --admin \"localhost\": expected HOST:PORT"),
@@ -375,14 +354,14 @@ fn a_bad_admin_address_is_refused() {
 
 #[test]
 fn usage_errors_are_claps() {
-    let (code, _, err) = run(&["ctl", "weight", "syslog", "127.0.0.1:1", "many"]);
+    let (code, _, err) = run_cli(&["ctl", "weight", "syslog", "127.0.0.1:1", "many"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, _) = run(&["ctl"]);
+    let (code, _, _) = run_cli(&["ctl"]);
     assert_eq!(code, 2);
     // ctl takes none of the daemon's options, and the daemon still requires --config.
-    let (code, _, err) = run(&["--config", "x.yaml", "ctl", "status"]);
+    let (code, _, err) = run_cli(&["--config", "x.yaml", "ctl", "status"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = run(&[]);
+    let (code, _, err) = run_cli(&[]);
     assert_eq!(code, 2);
     assert!(err.contains("--config"), "{err}");
 }

@@ -15,14 +15,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
     Daemon, METRICS, Trickle, WAIT, addr_of, client, counts, eventually, free_udp_port, route,
-    sinks, traffic, write_by_rename, write_in_place,
+    sinks, spread, traffic, write_by_rename, write_in_place,
 };
 use fanout_testkit::{SinkHandle, generator};
 
@@ -198,29 +197,6 @@ fn file_config(statics: &[&SinkHandle], extra: &str, file: &Path) -> String {
         ds.join(", "),
         file.display()
     )
-}
-
-/// Sends `n` datagrams to `to` from one client and waits until `s` together counted them;
-/// returns each sink's share.
-fn spread(to: SocketAddr, n: u64, s: &[&SinkHandle]) -> Vec<u64> {
-    let before = counts(s);
-    let c = client();
-    for _ in 0..n {
-        c.send_to(b"0123456789", to).unwrap();
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let sum = |v: &[u64]| v.iter().sum::<u64>();
-    assert!(
-        eventually(WAIT, || sum(&counts(s)) >= sum(&before) + n),
-        "sent {n}, sinks got {}",
-        sum(&counts(s)) - sum(&before)
-    );
-    // Anything more would show as a count above n.
-    std::thread::sleep(Duration::from_millis(50));
-    let now = counts(s);
-    let share: Vec<u64> = now.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(sum(&share), n, "{share:?}");
-    share
 }
 
 #[test]

@@ -37,11 +37,7 @@ impl Spread {
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
+        let median = super::median_of_sorted(&v);
         let rank = ((n as f64 * 0.9).ceil() as usize).clamp(1, n);
         Some(Spread {
             n,

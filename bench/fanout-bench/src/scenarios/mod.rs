@@ -20,3 +20,13 @@ pub mod session_clients;
 mod session_markdown;
 pub mod session_report;
 pub mod session_scale;
+
+/// The median of `sorted` (ascending, not empty): the mean of the middle two for an even count.
+pub(crate) fn median_of_sorted(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}

@@ -399,6 +399,28 @@ pub fn counts(s: &[&SinkHandle]) -> Vec<u64> {
     s.iter().map(|x| x.total_datagrams()).collect()
 }
 
+/// Sends `n` datagrams to `to` from one client and returns each sink's share of them (all of
+/// them reached one of `s`, and nothing else did).
+pub fn spread(to: SocketAddr, n: u64, s: &[&SinkHandle]) -> Vec<u64> {
+    let before = counts(s);
+    let c = client();
+    for _ in 0..n {
+        c.send_to(b"0123456789", to).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let sum = |v: &[u64]| v.iter().sum::<u64>();
+    assert!(
+        eventually(WAIT, || sum(&counts(s)) >= sum(&before) + n),
+        "sent {n}, the sinks got {}",
+        sum(&counts(s)) - sum(&before)
+    );
+    // Anything more would show as a count above n.
+    std::thread::sleep(Duration::from_millis(50));
+    let share: Vec<u64> = counts(s).iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(sum(&share), n, "{share:?}");
+    share
+}
+
 /// A datagram to the listener every millisecond, from one client socket, until dropped (so a
 /// failed assertion does not leave it running).
 pub struct Trickle {
@@ -470,17 +492,28 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<u64> {
     Scrape::parse(text).exact(name, labels)
 }
 
-/// Runs the binary with `args` to completion; returns (exit code, stdout, stderr).
+/// Runs the binary with `args` to completion; returns (exit code, stdout, stderr). The
+/// options' environment fallbacks must not leak in from the caller.
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
+        .env_remove("UDP_FANOUT_ADMIN")
+        .env_remove("UDP_FANOUT_TOKEN_FILE")
         .output()
         .expect("run udp-fanout");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        String::from_utf8(out.stderr).expect("UTF-8 stderr"),
     )
+}
+
+/// Runs `udp-fanout ctl --admin ADMIN ARGS...`; returns (exit code, stdout, stderr).
+pub fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let admin = admin.to_string();
+    let mut all = vec!["ctl", "--admin", admin.as_str()];
+    all.extend(args);
+    run_cli(&all)
 }
 
 #[allow(unused_imports)]

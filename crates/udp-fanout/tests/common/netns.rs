@@ -43,27 +43,12 @@ pub fn enter<T>(ns: &Netns, f: impl FnOnce() -> T) -> T {
 
 /// A veth pair: `a` in namespace `a_ns`, `b` in `b_ns`.
 fn veth(a: &str, a_ns: &Netns, b: &str, b_ns: &Netns) {
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        a,
-        "netns",
-        a_ns.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b,
-        "netns",
-        b_ns.name(),
-    ]);
+    fanout_testkit::netns::veth(a, a_ns, b, b_ns).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Gives `dev` in `ns` the address `cidr` and brings it up.
 fn address_up(ns: &Netns, dev: &str, cidr: &str) {
-    ip(ns, &["addr", "add", cidr, "dev", dev]);
-    ip(ns, &["link", "set", dev, "up"]);
+    ns.address_up(dev, cidr).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Client, load balancer and backends wired together.
