@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+#[macro_use]
 mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -280,25 +281,6 @@ fn icmp_echo_of_loopback_is_healthy() {
 
 const PORT: u16 = 5514;
 const SERVER_PORT: u16 = 7000;
-
-/// An `xdp` and a `tc_ebpf` test of `check(mode)`, each run only when privileged.
-macro_rules! in_both_modes {
-    ($check:ident, $what:literal, $xdp:ident, $tc:ident) => {
-        #[test]
-        fn $xdp() {
-            if privileged_or_skip(concat!("xdp ", $what)) {
-                $check("xdp");
-            }
-        }
-
-        #[test]
-        fn $tc() {
-            if privileged_or_skip(concat!("tc_ebpf ", $what)) {
-                $check("tc_ebpf");
-            }
-        }
-    };
-}
 
 /// A backend server dies and comes back, then the admin API disables and enables the other:
 /// the kernel plane follows each (the servers count what reaches them; the client's own

@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -70,26 +71,6 @@ fn serve(backends: usize, mode: &str, distribution: &str) -> (Topology, Vec<Sink
     let d = Daemon::start_in(Some(t.lb.name()), &config(&t, mode, distribution, backends));
     t.warm_neighbours();
     (t, s, d)
-}
-
-/// An `xdp` and a `tc_ebpf` test of `check(mode)`, each run only when privileged (`what` names
-/// what is skipped otherwise).
-macro_rules! in_both_modes {
-    ($check:ident, $what:literal, $xdp:ident, $tc:ident) => {
-        #[test]
-        fn $xdp() {
-            if privileged_or_skip(concat!("xdp ", $what)) {
-                $check("xdp");
-            }
-        }
-
-        #[test]
-        fn $tc() {
-            if privileged_or_skip(concat!("tc_ebpf ", $what)) {
-                $check("tc_ebpf");
-            }
-        }
-    };
 }
 
 /// Every sink saw only the client's address as source: the kernel plane forwarded (the

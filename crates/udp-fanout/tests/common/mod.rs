@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+#[macro_use]
 pub mod netns;
 
 use std::collections::BTreeMap;

@@ -136,3 +136,24 @@ impl Topology {
         }
     }
 }
+
+#[allow(unused_macros)] // used by the kernel-plane test files only
+/// An `xdp` and a `tc_ebpf` test of `check(mode)`, each run only when privileged (`what` names
+/// what is skipped otherwise).
+macro_rules! in_both_modes {
+    ($check:ident, $what:literal, $xdp:ident, $tc:ident) => {
+        #[test]
+        fn $xdp() {
+            if crate::common::netns::privileged_or_skip(concat!("xdp ", $what)) {
+                $check("xdp");
+            }
+        }
+
+        #[test]
+        fn $tc() {
+            if crate::common::netns::privileged_or_skip(concat!("tc_ebpf ", $what)) {
+                $check("tc_ebpf");
+            }
+        }
+    };
+}
