@@ -69,7 +69,9 @@ struct State {
 /// What scrapes read: refreshed by every sync.
 #[derive(Default)]
 struct View {
-    health: HashMap<(String, SocketAddr), Health>,
+    /// Per listener, each downstream's health (keyed by listener first, so a scrape looks
+    /// downstreams up without building a key per downstream).
+    health: HashMap<String, HashMap<SocketAddr, Health>>,
     panic: HashMap<String, bool>,
 }
 
@@ -288,9 +290,10 @@ impl Control {
             };
             l.expire(now);
             let c = l.endpoints(now);
-            for d in l.downstreams() {
-                view.health.insert((name.clone(), d.addr), d.health);
-            }
+            view.health.insert(
+                name.clone(),
+                l.downstreams().iter().map(|d| (d.addr, d.health)).collect(),
+            );
             view.panic.insert(name.clone(), c.panic);
             let old = st.pushed.get(&name).cloned().unwrap_or_default();
             if old == c.endpoints {
@@ -346,9 +349,11 @@ impl Control {
     pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
         let mut snaps = merge_snapshots(self.planes().iter().flat_map(|p| p.snapshot()));
         let view = lock(&self.view);
+        let none = HashMap::new();
         for s in &mut snaps {
+            let health = view.health.get(&s.name).unwrap_or(&none);
             for d in &mut s.downstreams {
-                d.healthy = match view.health.get(&(s.name.clone(), d.addr)) {
+                d.healthy = match health.get(&d.addr) {
                     Some(Health::Healthy) => Some(true),
                     Some(Health::Unhealthy) => Some(false),
                     _ => d.healthy,
@@ -356,13 +361,10 @@ impl Control {
             }
             let listed: std::collections::HashSet<SocketAddr> =
                 s.downstreams.iter().map(|d| d.addr).collect();
-            let mut sick: Vec<SocketAddr> = view
-                .health
+            let mut sick: Vec<SocketAddr> = health
                 .iter()
-                .filter(|((name, addr), h)| {
-                    *name == s.name && **h == Health::Unhealthy && !listed.contains(addr)
-                })
-                .map(|((_, addr), _)| *addr)
+                .filter(|(addr, h)| **h == Health::Unhealthy && !listed.contains(*addr))
+                .map(|(addr, _)| *addr)
                 .collect();
             sick.sort_unstable();
             let sessions = s.sessions_active.map(|_| 0);
@@ -383,7 +385,8 @@ impl Control {
     pub fn health(&self, name: &str, addr: SocketAddr) -> Health {
         lock(&self.view)
             .health
-            .get(&(name.to_owned(), addr))
+            .get(name)
+            .and_then(|h| h.get(&addr))
             .copied()
             .unwrap_or_default()
     }
