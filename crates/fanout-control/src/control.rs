@@ -64,6 +64,8 @@ struct State {
     desired: Desired,
     /// What each plane serves now, per listener.
     pushed: HashMap<String, Vec<Endpoint>>,
+    /// When (ms) the last sync's result changes by itself (a drain ends).
+    next_change: Option<u64>,
 }
 
 /// What scrapes read: refreshed by every sync.
@@ -109,6 +111,7 @@ impl Control {
             state: Mutex::new(State {
                 desired: Desired::from_config(cfg),
                 pushed,
+                next_change: None,
             }),
             view: Mutex::new(View::default()),
             planes: Mutex::new(planes),
@@ -272,11 +275,12 @@ impl Control {
         let now = self.now();
         let mut st = lock(&self.state);
         self.sync_locked(&mut st, now)?;
-        Ok(next_change(&st.desired, now).map(|t| t.saturating_sub(now)))
+        Ok(st.next_change.map(|t| t.saturating_sub(now)))
     }
 
     fn sync_locked(&self, st: &mut State, now: u64) -> Result<(), ControlError> {
         let mut first_err = None;
+        let mut next: Option<u64> = None;
         let names: Vec<String> = st
             .desired
             .listeners()
@@ -290,6 +294,10 @@ impl Control {
             };
             l.expire(now);
             let c = l.endpoints(now);
+            next = match (next, c.next_change) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             view.health.insert(
                 name.clone(),
                 l.downstreams().iter().map(|d| (d.addr, d.health)).collect(),
@@ -313,6 +321,7 @@ impl Control {
             }
         }
         *lock(&self.view) = view;
+        st.next_change = next;
         first_err.map_or(Ok(()), Err)
     }
 
@@ -401,13 +410,6 @@ impl Control {
         let me = Arc::clone(self);
         Arc::new(move || me.snapshot())
     }
-}
-
-fn next_change(d: &Desired, now: u64) -> Option<u64> {
-    d.listeners()
-        .iter()
-        .filter_map(|l| l.endpoints(now).next_change)
-        .min()
 }
 
 #[cfg(test)]
