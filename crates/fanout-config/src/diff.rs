@@ -6,7 +6,8 @@
 //!
 //! - `unchanged`: nothing.
 //! - `downstreams_changed`: only what a running listener takes in place changed:
-//!   `downstreams`, `downstreams_file` (the path), `drain` or `health`. The set is swapped
+//!   `downstreams`, `downstreams_file` (the path), `kubernetes` (the watch is restarted),
+//!   `drain` or `health`. The set is swapped
 //!   whole, the listener stays bound. Whether the *contents* of a downstreams file changed is
 //!   not known here (this is pure): the caller compares what it reads.
 //! - `recreated`: `bind`, `mode`, `interface`, `distribution`, `session` or `fallback`
@@ -29,7 +30,8 @@ use crate::model::{Config, ListenerConfig};
 pub struct ConfigDiff {
     /// Listeners with nothing changed.
     pub unchanged: Vec<String>,
-    /// Listeners whose downstreams, downstreams_file, drain or health changed, and nothing else.
+    /// Listeners whose downstreams, downstreams_file, kubernetes, drain or health changed, and
+    /// nothing else.
     pub downstreams_changed: Vec<String>,
     /// Listeners that must be closed and bound again (bind, mode, interface, distribution,
     /// session or fallback changed).
@@ -112,6 +114,7 @@ fn change(old: &ListenerConfig, new: &ListenerConfig) -> Change {
         downstreams_file,
         drain,
         health,
+        kubernetes,
     } = old;
     let recreate = *bind != new.bind
         || *mode != new.mode
@@ -122,7 +125,8 @@ fn change(old: &ListenerConfig, new: &ListenerConfig) -> Change {
     let in_place = *downstreams != new.downstreams
         || *downstreams_file != new.downstreams_file
         || *drain != new.drain
-        || *health != new.health;
+        || *health != new.health
+        || *kubernetes != new.kubernetes;
     if recreate {
         Change::Recreate
     } else if in_place {

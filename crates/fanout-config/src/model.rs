@@ -173,6 +173,43 @@ pub struct ListenerConfig {
     /// Health checks of the downstreams: the listener's `health:` merged key by key over the
     /// top-level one (then the defaults); `None` when disabled or neither section is present.
     pub health: Option<HealthConfig>,
+    /// Downstreams discovered from a Kubernetes Service's EndpointSlices (`kubernetes:`);
+    /// with it, `downstreams` may be empty.
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// Which port of a Service's endpoints to send to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServicePort {
+    /// The endpoint port with this number (UDP preferred when several protocols share it).
+    Number(u16),
+    /// The endpoint port with this name (the Service port's `name`).
+    Name(String),
+}
+
+impl std::fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServicePort::Number(n) => write!(f, "{n}"),
+            ServicePort::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A listener's Kubernetes discovery: the EndpointSlices of one Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KubernetesConfig {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name (slices carry it in the `kubernetes.io/service-name` label).
+    pub service: String,
+    /// Which of its ports.
+    pub port: ServicePort,
+    /// Serve only the endpoints on this node while it has a ready one (`prefer_same_node`).
+    pub prefer_same_node: bool,
+    /// This node's name for `prefer_same_node` (`node_name`; default: `$NODE_NAME`, which
+    /// the DaemonSet sets from the downward API).
+    pub node_name: Option<String>,
 }
 
 /// Largest `max_sessions`.

@@ -37,6 +37,18 @@ pub(crate) struct RawListener {
     pub downstreams_file: Option<String>,
     pub drain_secs: Option<i64>,
     pub health: Option<RawHealth>,
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+/// `kubernetes: { namespace, service, port, prefer_same_node, node_name }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKubernetes {
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    pub port: Option<Scalar>,
+    pub prefer_same_node: Option<bool>,
+    pub node_name: Option<String>,
 }
 
 /// `admin: { bind, token_file }`.

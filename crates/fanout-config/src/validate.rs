@@ -2,12 +2,12 @@
 //!
 //! Validation does not stop at the first problem: every check adds to one error list and goes
 //! on with what it could read, so a user fixes a file in one pass. A listener's checks run in
-//! key order (name, bind, downstreams_file, downstreams, session, drain_secs, health, then the
+//! key order (name, bind, downstreams_file, kubernetes, downstreams, session, drain_secs, health, then the
 //! rules of its plane), which keeps the errors in file order; the rules that compare listeners with each other (unique names and
 //! binds, the kernel plane's listener count) share what earlier listeners claimed.
 //!
 //! A listener needs at least one downstream in `downstreams:` unless it names a
-//! `downstreams_file`; then the static list may be empty or absent. The file is not read here
+//! `downstreams_file` or a `kubernetes` Service; then the static list may be empty or absent. The file is not read here
 //! (the control plane reads it at start and on every reload), so the rules on the size of a
 //! set (the kernel plane's [`crate::kernel_limits`]) are checked here on the static list only and
 //! apply to the union of all sources at run time. Relative paths (`downstreams_file`,
@@ -19,6 +19,7 @@
 
 mod admin;
 mod health;
+mod kubernetes;
 mod planes;
 
 use std::collections::HashMap;
@@ -142,7 +143,12 @@ fn listener(
         ctx.base,
         errs,
     );
-    let has_file = l.downstreams_file.is_some();
+    // Another source of downstreams (even one with errors, reported on its own): then the
+    // static list may be empty.
+    let has_file = l.downstreams_file.is_some() || l.kubernetes.is_some();
+    let kubernetes = l
+        .kubernetes
+        .and_then(|k| kubernetes::kubernetes(k, &format!("{p}.kubernetes"), errs));
     let downstreams = downstreams(l.downstreams, &p, bind, has_file, errs);
     let session = l.session.and_then(|s| session(s, &p, errs));
     let drain = within(
@@ -185,6 +191,7 @@ fn listener(
         downstreams_file,
         drain,
         health,
+        kubernetes,
     })
 }
 
@@ -271,7 +278,7 @@ fn fallback(raw: Option<RawFallback>) -> Fallback {
 }
 
 /// `listeners[i].downstreams`: a list of valid, distinct downstreams, not empty unless the
-/// listener has a `downstreams_file` (`has_file`).
+/// listener has another source (`has_file`: a `downstreams_file` or `kubernetes`).
 fn downstreams(
     raw: Option<Vec<RawDownstream>>,
     p: &str,
@@ -283,7 +290,7 @@ fn downstreams(
         if !has_file {
             errs.add(
                 format!("{p}.downstreams"),
-                "required: list at least one downstream (or name a downstreams_file)",
+                "required: list at least one downstream (or name a downstreams_file, or a kubernetes service)",
             );
         }
         return Vec::new();
@@ -291,7 +298,7 @@ fn downstreams(
     if raw.is_empty() && !has_file {
         errs.add(
             format!("{p}.downstreams"),
-            "list at least one downstream (or name a downstreams_file)",
+            "list at least one downstream (or name a downstreams_file, or a kubernetes service)",
         );
     }
     let mut out = Vec::with_capacity(raw.len());
