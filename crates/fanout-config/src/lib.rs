@@ -25,8 +25,8 @@ pub use downstreams_file::FileError;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, Config, DEFAULT_ADMIN_BIND, DEFAULT_DRAIN, DataplaneConfig, DownstreamConfig,
-    Fallback, HealthConfig, HealthProtocol, KubernetesConfig, ListenerConfig, MAX_SESSIONS, MAX_WEIGHT,
-    MetricsConfig, Mode, ServicePort, SessionConfig, kernel_limits,
+    Fallback, HealthConfig, HealthProtocol, KubernetesConfig, ListenerConfig, MAX_SESSIONS,
+    MAX_WEIGHT, MetricsConfig, Mode, ServicePort, SessionConfig, kernel_limits,
 };
 
 /// Parses and validates a configuration from YAML text.

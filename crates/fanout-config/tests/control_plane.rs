@@ -392,7 +392,9 @@ fn without_a_file_the_static_list_is_still_required() {
     );
     assert_errs(
         "listeners: [{name: a, bind: '127.0.0.1:1', downstreams: []}]",
-        &["listeners[0].downstreams: list at least one downstream (or name a downstreams_file, or a kubernetes service)"],
+        &[
+            "listeners[0].downstreams: list at least one downstream (or name a downstreams_file, or a kubernetes service)",
+        ],
     );
 }
 

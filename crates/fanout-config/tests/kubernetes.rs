@@ -128,9 +128,11 @@ fn bad_sections_name_the_key() {
         ],
     );
     // An unknown key is a typo, not an option.
-    let e = from_yaml(&kube("{namespace: ns, service: svc, port: 1, namepsace: x}"))
-        .unwrap_err()
-        .to_string();
+    let e = from_yaml(&kube(
+        "{namespace: ns, service: svc, port: 1, namepsace: x}",
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("unknown field `namepsace`"), "{e}");
 }
 

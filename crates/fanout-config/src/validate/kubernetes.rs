@@ -139,9 +139,24 @@ mod tests {
     #[test]
     fn ports_are_numbers_or_names() {
         assert_eq!(service_port("5514"), Ok(ServicePort::Number(5514)));
-        assert_eq!(service_port("syslog"), Ok(ServicePort::Name("syslog".into())));
-        assert_eq!(service_port("dns-udp"), Ok(ServicePort::Name("dns-udp".into())));
-        for bad in ["0", "65536", "", "a--b", "-a", "UDP", "sixteen-chars-xx", "55a-"] {
+        assert_eq!(
+            service_port("syslog"),
+            Ok(ServicePort::Name("syslog".into()))
+        );
+        assert_eq!(
+            service_port("dns-udp"),
+            Ok(ServicePort::Name("dns-udp".into()))
+        );
+        for bad in [
+            "0",
+            "65536",
+            "",
+            "a--b",
+            "-a",
+            "UDP",
+            "sixteen-chars-xx",
+            "55a-",
+        ] {
             assert!(service_port(bad).is_err(), "{bad:?} accepted");
         }
     }
