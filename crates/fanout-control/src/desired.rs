@@ -10,9 +10,15 @@
 //! The rules, as the contract states them (DESIGN.md 3b):
 //!
 //! - A listener's members are the union of its sources: the config's `downstreams:`
-//!   ([`Source::Static`]), its `downstreams_file` ([`Source::File`]) and what the admin API
-//!   added ([`Source::Api`]), less what the API removed. An address in several sources is
-//!   one downstream; its weight is the API's if set, else the file's, else the config's.
+//!   ([`Source::Static`]), its `downstreams_file` ([`Source::File`]), a Kubernetes Service's
+//!   endpoints ([`Source::Kubernetes`]) and what the admin API added ([`Source::Api`]), less
+//!   what the API removed. An address in several sources is one downstream; its weight is the
+//!   API's if set, else the file's, else the config's (Kubernetes endpoints carry no weight:
+//!   1 unless another source gives one).
+//! - An endpoint Kubernetes reports as terminating (but still serving) is draining from the
+//!   moment it was first seen so, exactly as if the API had drained it; when it then leaves
+//!   the Service, its drain goes on from that same moment, not from the removal, so a pod's
+//!   sessions get `drain` in all, whichever way it goes.
 //! - What the API says (added, removed, weight, state) is kept across reloads until the API
 //!   says otherwise: a reload replaces the static and file sources only.
 //! - State `active` takes new flows; `draining` keeps its sessions for `drain` and gets no new
@@ -37,6 +43,8 @@ pub enum Source {
     Static,
     /// The listener's `downstreams_file`.
     File,
+    /// A Kubernetes Service's EndpointSlices (`kubernetes:`).
+    Kubernetes,
     /// Added through the admin API.
     Api,
 }
@@ -47,6 +55,7 @@ impl Source {
         match self {
             Source::Static => "static",
             Source::File => "file",
+            Source::Kubernetes => "kubernetes",
             Source::Api => "api",
         }
     }
@@ -155,6 +164,10 @@ pub struct ListenerState {
     drain_ms: u64,
     static_list: Vec<DownstreamConfig>,
     file_list: Vec<DownstreamConfig>,
+    /// The Kubernetes Service's endpoints (serving ones, terminating included), by address.
+    kube_list: Vec<SocketAddr>,
+    /// Since when (ms) each terminating endpoint of `kube_list` has been terminating.
+    kube_terminating: HashMap<SocketAddr, u64>,
     /// API additions in the order they were made (their place in the member order).
     api_order: Vec<SocketAddr>,
     overrides: HashMap<SocketAddr, Override>,
@@ -195,6 +208,8 @@ impl ListenerState {
             drain_ms: ms(cfg.drain),
             static_list: cfg.downstreams.clone(),
             file_list: Vec::new(),
+            kube_list: Vec::new(),
+            kube_terminating: HashMap::new(),
             api_order: Vec::new(),
             overrides: HashMap::new(),
             health: HashMap::new(),
@@ -208,40 +223,47 @@ impl ListenerState {
         &self.name
     }
 
-    /// The members, in order: config, file, API additions; the API's removals left out.
+    /// The members, in order: config, file, Kubernetes, API additions; the API's removals
+    /// left out.
     /// Linear in the sources' length (10,000 downstreams are a normal set).
     fn members(&self) -> Vec<Member> {
         let mut out: Vec<Member> = Vec::new();
         let mut index: HashMap<SocketAddr, usize> = HashMap::new();
-        let mut push = |addr: SocketAddr, weight: u32, source: Source| {
+        // `weight: None`: the source has no word on weights (Kubernetes), keep another's.
+        let mut push = |addr: SocketAddr, weight: Option<u32>, source: Source| {
             if self.overrides.get(&addr).is_some_and(|o| o.removed) {
                 return;
             }
             match index.get(&addr) {
                 // A later source's weight wins; the API's own weight wins over both below.
                 Some(&i) => {
-                    out[i].weight = weight;
+                    if let Some(w) = weight {
+                        out[i].weight = w;
+                    }
                     out[i].source = source;
                 }
                 None => {
                     index.insert(addr, out.len());
                     out.push(Member {
                         addr,
-                        weight,
+                        weight: weight.unwrap_or(1),
                         source,
                     });
                 }
             }
         };
         for d in &self.static_list {
-            push(d.addr, d.weight, Source::Static);
+            push(d.addr, Some(d.weight), Source::Static);
         }
         for d in &self.file_list {
-            push(d.addr, d.weight, Source::File);
+            push(d.addr, Some(d.weight), Source::File);
+        }
+        for a in &self.kube_list {
+            push(*a, None, Source::Kubernetes);
         }
         for a in &self.api_order {
             if let Some(w) = self.overrides.get(a).and_then(|o| o.added) {
-                push(*a, w, Source::Api);
+                push(*a, Some(w), Source::Api);
             }
         }
         for m in &mut out {
@@ -268,14 +290,41 @@ impl ListenerState {
         self.note_leavers(&before, now);
     }
 
+    /// Replaces the Kubernetes part: every serving endpoint, and whether it is terminating
+    /// (draining). Members that leave start draining at `now`, or, if they were terminating
+    /// already, go on draining from when they started to.
+    pub fn set_kubernetes(&mut self, list: Vec<(SocketAddr, bool)>, now: u64) {
+        let before = self.members();
+        let was = std::mem::take(&mut self.kube_terminating);
+        self.kube_terminating = list
+            .iter()
+            .filter(|(_, terminating)| *terminating)
+            .map(|(a, _)| (*a, was.get(a).copied().unwrap_or(now)))
+            .collect();
+        self.kube_list = list.into_iter().map(|(a, _)| a).collect();
+        self.note_leavers_since(&before, now, &was);
+    }
+
     /// Former members not in the set any more go to `leaving`; returning ones come back.
     fn note_leavers(&mut self, before: &[Member], now: u64) {
+        self.note_leavers_since(before, now, &HashMap::new());
+    }
+
+    /// [`note_leavers`](Self::note_leavers), where a leaver found in `since` has been
+    /// draining from that time rather than `now`.
+    fn note_leavers_since(
+        &mut self,
+        before: &[Member],
+        now: u64,
+        since: &HashMap<SocketAddr, u64>,
+    ) {
         let after: HashSet<SocketAddr> = self.members().iter().map(|m| m.addr).collect();
         self.leaving.retain(|(a, ..)| !after.contains(a));
         let mut leaving: HashSet<SocketAddr> = self.leaving.iter().map(|(a, ..)| *a).collect();
         for m in before {
             if !after.contains(&m.addr) && leaving.insert(m.addr) {
-                self.leaving.push((m.addr, m.weight, m.source, now));
+                let from = since.get(&m.addr).copied().unwrap_or(now);
+                self.leaving.push((m.addr, m.weight, m.source, from));
             }
         }
     }
@@ -371,11 +420,21 @@ impl ListenerState {
         v
     }
 
+    /// The API's word if it said anything, else draining while Kubernetes says terminating.
     fn state_of(&self, addr: SocketAddr) -> AdminState {
-        self.overrides
-            .get(&addr)
-            .and_then(|o| o.state)
-            .unwrap_or_default()
+        match self.overrides.get(&addr).and_then(|o| o.state) {
+            Some(s) => s,
+            None if self.kube_terminating.contains_key(&addr) => AdminState::Draining,
+            None => AdminState::Active,
+        }
+    }
+
+    /// Since when `addr` has been draining: by the API's word, else by Kubernetes'.
+    fn draining_since(&self, addr: SocketAddr) -> Option<u64> {
+        match self.overrides.get(&addr).and_then(|o| o.state) {
+            Some(_) => self.draining_since.get(&addr).copied(),
+            None => self.kube_terminating.get(&addr).copied(),
+        }
     }
 
     /// Forgets the leavers whose drain is over at `now` (call before [`endpoints`]).
@@ -400,7 +459,7 @@ impl ListenerState {
             match self.state_of(m.addr) {
                 AdminState::Disabled => {}
                 AdminState::Draining => {
-                    let since = self.draining_since.get(&m.addr).copied().unwrap_or(now);
+                    let since = self.draining_since(m.addr).unwrap_or(now);
                     let end = since.saturating_add(drain);
                     if now < end {
                         note(end);

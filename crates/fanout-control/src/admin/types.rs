@@ -145,6 +145,7 @@ impl From<Source> for SourceKind {
             Source::Static => SourceKind::Static,
             Source::File => SourceKind::File,
             Source::Api => SourceKind::Api,
+            Source::Kubernetes => SourceKind::Kubernetes,
         }
     }
 }

@@ -15,8 +15,15 @@ fn ds(port: u16, weight: u32) -> DownstreamConfig {
 
 /// A listener with static downstreams `ports` (weight 1) and a drain of 1 s.
 fn listener(ports: &[u16]) -> ListenerState {
+    // With no static downstreams the listener names a Kubernetes service, the
+    // other source a config may rely on alone.
+    let extra = if ports.is_empty() {
+        ", kubernetes: {namespace: ns, service: svc, port: 53}"
+    } else {
+        ""
+    };
     let yaml = format!(
-        "listeners: [{{name: l, bind: '127.0.0.1:0', downstreams: [{}]}}]",
+        "listeners: [{{name: l, bind: '127.0.0.1:0', downstreams: [{}]{extra}}}]",
         ports
             .iter()
             .map(|p| format!("'127.0.0.1:{p}'"))
@@ -195,4 +202,54 @@ fn reload_adds_and_drops_listeners_and_keeps_state() {
     let a = d.listener("a").unwrap();
     assert_eq!(a.health(sa(7001)), Health::Healthy);
     assert_eq!(a.probe_targets(), vec![sa(7001), sa(7004)]);
+}
+
+#[test]
+fn kubernetes_endpoints_are_members_without_a_weight_of_their_own() {
+    let mut l = listener(&[7001]);
+    l.set_file(vec![ds(7002, 4)], 0);
+    // 7002 is in the file too: it keeps the file's weight; 7003 only Kubernetes knows.
+    l.set_kubernetes(vec![(sa(7002), false), (sa(7003), false)], 0);
+    assert_eq!(
+        served(&l, 0),
+        vec![(7001, 1, false), (7002, 4, false), (7003, 1, false)]
+    );
+    let sources: Vec<&str> = l.downstreams().iter().map(|d| d.source.as_str()).collect();
+    assert_eq!(sources, ["static", "kubernetes", "kubernetes"]);
+    // The API's word still wins over what Kubernetes says.
+    l.api_patch(sa(7003), Some(7), None, 0).unwrap();
+    assert_eq!(served(&l, 0)[2], (7003, 7, false));
+}
+
+#[test]
+fn a_terminating_endpoint_drains_from_when_it_began_to() {
+    let mut l = listener(&[]);
+    l.set_kubernetes(vec![(sa(7001), false), (sa(7002), false)], 0);
+    // 7002 terminates at t=100: draining, no new flows, for the drain time (1 s).
+    l.set_kubernetes(vec![(sa(7001), false), (sa(7002), true)], 100);
+    assert_eq!(served(&l, 200), vec![(7001, 1, false), (7002, 1, true)]);
+    assert_eq!(l.downstreams()[1].state, AdminState::Draining);
+    // Seen terminating again later: the drain still counts from t=100.
+    l.set_kubernetes(vec![(sa(7001), false), (sa(7002), true)], 600);
+    assert_eq!(l.endpoints(600).next_change, Some(1100));
+    // Removed from the Service at t=900: it goes on draining until 1100, not 1900.
+    l.set_kubernetes(vec![(sa(7001), false)], 900);
+    assert_eq!(served(&l, 1000), vec![(7001, 1, false), (7002, 1, true)]);
+    l.expire(1100);
+    assert_eq!(served(&l, 1100), vec![(7001, 1, false)]);
+}
+
+#[test]
+fn a_ready_endpoint_removed_drains_from_its_removal() {
+    let mut l = listener(&[]);
+    l.set_kubernetes(vec![(sa(7001), false), (sa(7002), false)], 0);
+    l.set_kubernetes(vec![(sa(7001), false)], 500);
+    assert_eq!(l.endpoints(600).next_change, Some(1500));
+    // Back before its drain ended: a member again, active.
+    l.set_kubernetes(vec![(sa(7001), false), (sa(7002), false)], 700);
+    assert_eq!(served(&l, 700), vec![(7001, 1, false), (7002, 1, false)]);
+    // A terminating one that becomes ready again is active again.
+    l.set_kubernetes(vec![(sa(7001), true), (sa(7002), false)], 800);
+    l.set_kubernetes(vec![(sa(7001), false), (sa(7002), false)], 900);
+    assert_eq!(served(&l, 900), vec![(7001, 1, false), (7002, 1, false)]);
 }
