@@ -173,6 +173,18 @@ impl Control {
         })
     }
 
+    /// Replaces listener `name`'s Kubernetes endpoints (each with whether it is terminating).
+    pub fn set_kubernetes(
+        &self,
+        name: &str,
+        list: Vec<(SocketAddr, bool)>,
+    ) -> Result<(), ControlError> {
+        self.change(name, |l, now| {
+            l.set_kubernetes(list, now);
+            Ok(())
+        })
+    }
+
     /// The admin API adds a downstream.
     pub fn api_add(&self, name: &str, addr: SocketAddr, weight: u32) -> Result<(), ControlError> {
         self.change(name, |l, now| l.api_add(addr, weight, now))

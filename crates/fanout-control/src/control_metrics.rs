@@ -1,4 +1,5 @@
-//! The control plane's own metrics: reloads, health probes and fail-open listeners.
+//! The control plane's own metrics: reloads, health probes, fail-open listeners and
+//! Kubernetes discovery.
 //!
 //! Kept apart from the data planes' families ([`crate::metrics`]) because their source is the
 //! control plane's state, not the planes' counters; like those, they are read at scrape time
@@ -38,6 +39,9 @@ pub struct ControlStats {
     pub panic: Vec<(String, bool)>,
     /// Health probes per downstream (only downstreams that are checked).
     pub probes: Vec<ProbeCount>,
+    /// Each listener with `kubernetes:` and whether its watch has listed since its last
+    /// error (`udp_fanout_discovery_up`).
+    pub discovery: Vec<(String, bool)>,
 }
 
 /// Produces the current [`ControlStats`].
@@ -113,6 +117,20 @@ impl Collector for ControlCollector {
                 )
             }),
         )?;
+        if !s.discovery.is_empty() {
+            family(
+                &mut enc,
+                "udp_fanout_discovery_up",
+                "1 while the listener's Kubernetes watch is connected and has listed since its last error; 0 while the last known endpoints are kept.",
+                MetricType::Gauge,
+                s.discovery.iter().map(|(l, up)| {
+                    (
+                        vec![label("listener", l.clone())],
+                        ConstGauge::new(i64::from(*up)),
+                    )
+                }),
+            )?;
+        }
         if s.probes.is_empty() {
             return Ok(());
         }
@@ -157,6 +175,7 @@ mod tests {
                 success: 5,
                 failure: 3,
             }],
+            discovery: vec![("k".into(), false), ("k2".into(), true)],
         };
         let mut e = Exporter::new(Arc::new(Vec::new));
         e.add_control(Arc::new(move || stats.clone()));
@@ -167,6 +186,8 @@ mod tests {
             "udp_fanout_config_last_reload_success 0",
             "udp_fanout_listener_panic{listener=\"a\"} 1",
             "udp_fanout_listener_panic{listener=\"b\"} 0",
+            "udp_fanout_discovery_up{listener=\"k\"} 0",
+            "udp_fanout_discovery_up{listener=\"k2\"} 1",
             "udp_fanout_health_checks_total{listener=\"a\",endpoint=\"127.0.0.1:7001\",result=\"success\"} 5",
             "udp_fanout_health_checks_total{listener=\"a\",endpoint=\"127.0.0.1:7001\",result=\"failure\"} 3",
         ] {

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod control;
 pub mod control_metrics;
 pub mod desired;
+pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod metrics;

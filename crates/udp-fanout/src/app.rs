@@ -11,6 +11,7 @@ use std::sync::Arc;
 use fanout_config::{Config, Fallback, ListenerConfig, Mode};
 use fanout_control::admin::{self, ControlOps};
 use fanout_control::control_metrics::{ControlStats, ProbeCount};
+use fanout_control::discovery::Discovery;
 use fanout_control::health::HealthChecker;
 use fanout_control::{Control, Exporter, Plane, Reloader, http};
 use fanout_kernel::plane::KernelPlane;
@@ -62,8 +63,16 @@ async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
     let reloader = Arc::new(Reloader::new(path, cfg.clone(), Arc::clone(&control)));
     let (health_tx, health_events) = tokio::sync::mpsc::unbounded_channel();
     let health = Arc::new(HealthChecker::start(health_tx));
+    let (discovery_tx, discovery_events) = tokio::sync::mpsc::unbounded_channel();
+    let discovery = Arc::new(Discovery::new(discovery_tx));
     let (reload_tx, api_reloads) = crate::events::reload_channel();
-    let endpoints = sockets.serve(&control, &reloader, &health, reload_tx);
+    let watched = Watched {
+        control: &control,
+        reloader: &reloader,
+        health: &health,
+        discovery: &discovery,
+    };
+    let endpoints = sockets.serve(&watched, reload_tx);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listeners = plane.listeners().len(),
@@ -79,6 +88,8 @@ async fn serve(cfg: Config, path: &Path) -> Result<(), StartError> {
         api_reloads,
         health,
         health_events,
+        discovery,
+        discovery_events,
     }
     .run()
     .await;
@@ -149,11 +160,10 @@ impl Sockets {
     /// Starts serving the metrics endpoint and the admin API on their sockets.
     fn serve(
         self,
-        control: &Arc<Control>,
-        reloader: &Arc<Reloader>,
-        health: &Arc<HealthChecker>,
+        w: &Watched<'_>,
         reloads: tokio::sync::mpsc::UnboundedSender<admin::ReloadRequest>,
     ) -> Endpoints {
+        let control = w.control;
         let mut e = Endpoints {
             stop: Vec::new(),
             tasks: Vec::new(),
@@ -162,14 +172,19 @@ impl Sockets {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(addr = %addr, "metrics endpoint at http://{addr}/metrics");
             let mut exporter = Exporter::new(control.snapshot_source());
-            exporter.add_control(control_stats(control, reloader, health));
-            let router = http::router(Arc::new(exporter));
+            exporter.add_control(control_stats(w));
+            let router = http::router(Arc::new(exporter), readiness(w.discovery));
             e.spawn(|stopped| http::serve(l, router, stopped));
         }
         if let Some((l, token)) = self.admin {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(addr = %addr, "admin API at http://{addr}/v1/listeners");
-            let ops = ControlOps::new(Arc::clone(control), Arc::clone(reloader), reloads);
+            let ops = ControlOps::new(
+                Arc::clone(control),
+                Arc::clone(w.reloader),
+                reloads,
+                readiness(w.discovery),
+            );
             let router = admin::AdminServer::new(Arc::new(ops), token).router();
             e.spawn(|stopped| admin::serve(l, router, stopped));
         }
@@ -254,16 +269,28 @@ async fn bind_admin(
     Ok(Some((l, token)))
 }
 
+/// What the HTTP endpoints report on: the control plane's parts.
+struct Watched<'a> {
+    control: &'a Arc<Control>,
+    reloader: &'a Arc<Reloader>,
+    health: &'a Arc<HealthChecker>,
+    discovery: &'a Arc<Discovery>,
+}
+
+/// Ready: every listener is bound (start-up did that before serving) and every Kubernetes
+/// watch has listed once, so no listener serves from an unknown set.
+fn readiness(discovery: &Arc<Discovery>) -> http::Readiness {
+    let d = Arc::clone(discovery);
+    Arc::new(move || d.synced())
+}
+
 /// What the control plane's metrics read at a scrape.
-fn control_stats(
-    control: &Arc<Control>,
-    reloader: &Arc<Reloader>,
-    health: &Arc<HealthChecker>,
-) -> fanout_control::control_metrics::ControlSource {
-    let (c, r, h) = (
-        Arc::clone(control),
-        Arc::clone(reloader),
-        Arc::clone(health),
+fn control_stats(w: &Watched<'_>) -> fanout_control::control_metrics::ControlSource {
+    let (c, r, h, d) = (
+        Arc::clone(w.control),
+        Arc::clone(w.reloader),
+        Arc::clone(w.health),
+        Arc::clone(w.discovery),
     );
     Arc::new(move || ControlStats {
         reloads: r.counts(),
@@ -283,6 +310,7 @@ fn control_stats(
                 failure: n.failure,
             })
             .collect(),
+        discovery: d.states().into_iter().map(|s| (s.listener, s.up)).collect(),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The control plane's event loop, on the main thread's runtime: signals, reload triggers
-//! (SIGHUP, a saved config or downstreams file, the admin API), drain timers, the systemd
-//! watchdog.
+//! (SIGHUP, a saved config or downstreams file, the admin API), health verdicts, Kubernetes
+//! endpoint changes, drain timers, the systemd watchdog.
 //!
 //! One loop, one event at a time, so two reloads never interleave and a drain timer never
 //! runs in the middle of a reload. The reload itself (parse, bind, map writes) runs on the
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_config::HealthConfig;
+use fanout_control::discovery::{Discovery, DiscoveryEvent};
 use fanout_control::health::{HealthChecker, HealthEvent};
 use fanout_control::watch::FileWatch;
 use fanout_control::{Control, Health, Reloader};
@@ -54,6 +55,9 @@ pub struct Events {
     pub health: Arc<HealthChecker>,
     /// The checker's verdicts.
     pub health_events: UnboundedReceiver<HealthEvent>,
+    pub discovery: Arc<Discovery>,
+    /// The Kubernetes watches' endpoint sets.
+    pub discovery_events: UnboundedReceiver<DiscoveryEvent>,
 }
 
 /// What each listener's health checks probe, as last given to the checker.
@@ -84,6 +88,7 @@ impl Events {
         // or with a keep-alive more often than SYNC_EVERY no drain would ever end.
         let mut next_sync = tokio::time::Instant::now() + SYNC_EVERY;
         let mut targets = Targets::new();
+        self.aim_discovery();
         self.aim_health(&mut targets);
         loop {
             tokio::select! {
@@ -106,6 +111,7 @@ impl Events {
                     next_sync = tokio::time::Instant::now() + self.sync();
                     continue;
                 }
+                Some(ev) = self.discovery_events.recv() => self.apply_discovery(ev),
                 _ = tokio::time::sleep_until(next_sync) => {}
                 _ = async { dog.as_mut()?.tick().await; Some(()) }, if dog.is_some() => {
                     crate::systemd::watchdog();
@@ -113,7 +119,50 @@ impl Events {
                 }
             }
             next_sync = tokio::time::Instant::now() + self.sync();
+            self.aim_discovery();
             self.aim_health(&mut targets);
+        }
+    }
+
+    /// Applies the newest set of each listener among `first` and those waiting behind it.
+    fn apply_discovery(&mut self, first: DiscoveryEvent) {
+        let mut latest: HashMap<String, DiscoveryEvent> = HashMap::new();
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            if self.discovery.is_current(&ev) {
+                latest.insert(ev.listener.clone(), ev);
+            }
+            next = self.discovery_events.try_recv().ok();
+        }
+        for (name, ev) in latest {
+            if let Err(e) = self.control.set_kubernetes(&name, ev.endpoints) {
+                tracing::error!(listener = %name, error = %e, "cannot apply the Kubernetes endpoints");
+            }
+        }
+    }
+
+    /// Starts, restarts or stops each listener's Kubernetes watch to match the running
+    /// config. A listener that lost its `kubernetes:` loses its endpoints (they drain).
+    fn aim_discovery(&self) {
+        let cfg = self.reloader.current();
+        let mut stopped = Vec::new();
+        for l in &cfg.listeners {
+            if self
+                .discovery
+                .set_target(&l.name, l.kubernetes.as_ref(), l.bind.is_ipv6())
+            {
+                stopped.push(l.name.clone());
+            }
+        }
+        for name in self.discovery.listeners() {
+            if !cfg.listeners.iter().any(|l| l.name == name) {
+                self.discovery.set_target(&name, None, false);
+            }
+        }
+        for name in stopped {
+            if let Err(e) = self.control.set_kubernetes(&name, Vec::new()) {
+                tracing::error!(listener = %name, error = %e, "cannot clear the Kubernetes endpoints");
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::ops::{AdminError, AdminOps};
 use super::types::{DownstreamState, DownstreamView, ListenerView};
 use crate::control::Control;
+use crate::http::Readiness;
 use crate::reload::Reloader;
 
 /// A reload request: where to send its outcome.
@@ -26,6 +27,7 @@ pub struct ControlOps {
     control: Arc<Control>,
     reloader: Arc<Reloader>,
     reloads: UnboundedSender<ReloadRequest>,
+    ready: Readiness,
 }
 
 impl std::fmt::Debug for ControlOps {
@@ -40,11 +42,13 @@ impl ControlOps {
         control: Arc<Control>,
         reloader: Arc<Reloader>,
         reloads: UnboundedSender<ReloadRequest>,
+        ready: Readiness,
     ) -> ControlOps {
         ControlOps {
             control,
             reloader,
             reloads,
+            ready,
         }
     }
 
@@ -140,9 +144,10 @@ impl AdminOps for ControlOps {
         true
     }
 
-    /// Every listener is bound: the API only starts once start-up bound them, and a reload
-    /// that cannot bind one changes nothing.
+    /// Every listener is bound (the API only starts once start-up bound them, and a reload
+    /// that cannot bind one changes nothing) and knows its downstreams (`ready`: every
+    /// Kubernetes watch has listed once).
     fn ready(&self) -> bool {
-        true
+        (self.ready)()
     }
 }

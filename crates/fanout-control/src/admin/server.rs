@@ -401,7 +401,7 @@ async fn readyz(State(s): Ctx) -> Result<Response, ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not every listener is bound",
+            "not ready: not every listener is bound and knows its downstreams (a Kubernetes watch has not listed yet)",
         ))
     }
 }
