@@ -121,7 +121,7 @@ fn status_reports_liveness_readiness_and_listeners() {
     assert!(out.contains("live       yes\nready      no\n"), "{out}");
     assert_eq!(
         err,
-        "udp-fanout ctl: not ready: not every listener is bound\n"
+        "udp-fanout ctl: not ready: not every listener is bound and knows its downstreams (a Kubernetes watch has not listed yet)\n"
     );
 }
 

@@ -56,7 +56,7 @@ pub trait AdminOps: Send + Sync + 'static {
     fn reload(&self) -> Result<(), AdminError>;
     /// Whether the process is alive (`/healthz`).
     fn live(&self) -> bool;
-    /// Whether every listener is bound and served (`/readyz`).
+    /// Whether every listener is bound and knows its downstreams (`/readyz`).
     fn ready(&self) -> bool;
 }
 
