@@ -212,3 +212,62 @@ fn prefer_node(listener: &str, cfg: &KubernetesConfig) -> Option<String> {
     }
     node
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanout_config::ServicePort;
+
+    fn cfg(service: &str) -> KubernetesConfig {
+        KubernetesConfig {
+            namespace: "ns".into(),
+            service: service.into(),
+            port: ServicePort::Number(53),
+            prefer_same_node: false,
+            node_name: None,
+        }
+    }
+
+    fn event(listener: &str, generation: u64) -> DiscoveryEvent {
+        DiscoveryEvent {
+            listener: listener.into(),
+            generation,
+            endpoints: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_config_keeps_its_watch_and_a_new_one_replaces_it() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let d = Discovery::new(tx);
+        assert!(d.synced(), "no watch: nothing to wait for");
+        assert!(!d.set_target("a", Some(&cfg("svc")), false));
+        assert!(d.is_current(&event("a", 1)));
+        assert!(!d.set_target("a", Some(&cfg("svc")), false));
+        assert!(d.is_current(&event("a", 1)), "unchanged: same watch");
+        assert!(!d.set_target("a", Some(&cfg("other")), false));
+        assert!(
+            !d.is_current(&event("a", 1)),
+            "a late event of the old watch"
+        );
+        assert!(d.is_current(&event("a", 2)));
+        assert!(
+            !d.set_target("a", Some(&cfg("other")), true),
+            "family change"
+        );
+        assert!(d.is_current(&event("a", 3)));
+        assert!(!d.synced(), "a watch that has not listed");
+        assert_eq!(
+            d.states(),
+            vec![WatchState {
+                listener: "a".into(),
+                up: false,
+                synced: false
+            }]
+        );
+        assert!(d.set_target("a", None, false), "stopped");
+        assert!(!d.set_target("a", None, false), "nothing to stop");
+        assert!(!d.is_current(&event("a", 3)));
+        assert!(d.listeners().is_empty() && d.synced());
+    }
+}
